@@ -1,0 +1,3 @@
+from gpux.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The bench box: timing statistics, the environment a figure was taken in, and benchmark runs."""

@@ -1,0 +1,54 @@
+"""The environment a measurement was taken in: versions, CPU, cores, memory high-water mark."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo, or platform's best guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (ru_maxrss)."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Versions and hardware facts to store beside every figure."""
+    from gpux._version import __version__
+    from gpux.engine.options import cpu_count
+
+    packages = {"gpux": __version__}
+    for dist in ("onnxruntime", "onnxruntime-gpu", "numpy", *extra_packages):
+        v = _version(dist)
+        if v is not None:
+            packages[dist] = v
+    return {
+        "packages": packages,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cores_logical": cpu_count(),
+    }

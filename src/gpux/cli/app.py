@@ -1,0 +1,64 @@
+"""The ``gpux`` command: Typer app, global flags, and the one place errors become exit codes.
+
+Command modules import the engine inside their functions, so ``gpux --help``
+loads neither numpy nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from gpux._version import __version__
+from gpux.cli import build as build_cmd
+from gpux.cli import common
+from gpux.cli import inspect as inspect_cmd
+from gpux.cli import run as run_cmd
+from gpux.errors import GpuxError
+
+app = typer.Typer(
+    name="gpux",
+    help="Run, inspect and benchmark ONNX models on the best execution provider of this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gpux {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(  # noqa: UP007 - typer needs Optional here
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and onnxruntime warnings."),
+) -> None:
+    """gpux: a hardware-universal runtime for ONNX models."""
+    common.state["verbose"] = verbose
+
+
+app.command("run", no_args_is_help=True)(run_cmd.run)
+app.command("inspect", no_args_is_help=True)(inspect_cmd.inspect)
+app.command("build", no_args_is_help=True)(build_cmd.build)
+
+
+def main() -> None:
+    """Entry point: run the app, turn gpux errors into one line on stderr and their exit code."""
+    try:
+        app(prog_name="gpux")
+    except GpuxError as exc:
+        if common.state["verbose"]:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

@@ -1,0 +1,29 @@
+"""``gpux inspect``: a model's signature, opset, producer, metadata, size and parameters."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from gpux.cli import common
+
+
+def inspect(
+    model: str = typer.Argument(..., help="An .onnx file, a bundle folder, a folder with gpux.yml, or a built name."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help="Provider to open the session with."),  # noqa: UP007
+) -> None:
+    """Show what MODEL expects and returns, and what it is made of."""
+    from gpux.cli.inputs import dump
+    from gpux.engine.model import load
+
+    info = load(model, provider, log_level=common.ort_log_level()).info
+    if as_json:
+        typer.echo(dump(info))
+        return
+    from rich.console import Console
+
+    from gpux.cli.render import inspect_view
+
+    Console().print(inspect_view(info))

@@ -1,0 +1,76 @@
+"""Rich renderings of results; the data itself is always available as JSON too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def benchmark_table(r: dict[str, Any]) -> Table:
+    lat = r["latency"]
+    t = Table(title=f"gpux benchmark: {r['model']}", show_header=True, header_style="bold")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    placement = r.get("placement")
+    where = ", ".join(r["providers"])
+    if placement:
+        where += "  (nodes: " + ", ".join(f"{k} {v}" for k, v in placement.items()) + ")"
+    rows = [
+        ("providers", where),
+        ("inputs", ", ".join(f"{k} {v}" for k, v in r["inputs"].items())),
+        ("batch size", str(r["batch_size"])),
+        ("runs / warmup", f"{r['runs']} / {r['warmup']}"),
+        *((f"latency {k[:-3]}", f"{v:.3f} ms") for k, v in lat.items()),
+        ("throughput", f"{r['throughput_items_per_s']:.1f} items/s"),
+        ("load", f"{r['load_ms']:.1f} ms"),
+        ("first run", f"{r['first_run_ms']:.3f} ms"),
+        ("peak RSS", f"{r['peak_rss_mb']:.1f} MiB"),
+        ("threads", f"intra {r['session']['intra_op_threads']}, inter {r['session']['inter_op_threads']}"),
+        ("cpu", r["environment"]["cpu"]),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def _specs(title: str, specs: list[dict[str, Any]]) -> Table:
+    t = Table(title=title, title_justify="left", show_header=True, header_style="bold")
+    for col in ("name", "dtype", "shape"):
+        t.add_column(col)
+    for s in specs:
+        shape = "?" if s["shape"] is None else "[" + ", ".join("?" if d is None else str(d) for d in s["shape"]) + "]"
+        t.add_row(s["name"], s["dtype"], shape)
+    return t
+
+
+def inspect_view(info: dict[str, Any]) -> Group:
+    parts: list[Any] = []
+    for role, g in info["graphs"].items():
+        head = Table.grid(padding=(0, 2))
+        head.add_column(style="bold")
+        head.add_column()
+        size = _mb(g["file_bytes"]) + (f" + {_mb(g['external_data_bytes'])} external data"
+                                        if g["external_data_bytes"] else "")
+        opsets = ", ".join(f"{d} {v}" for d, v in g["opsets"].items())
+        dtypes = ", ".join(f"{d} {n:,}" for d, n in g["parameters_by_dtype"].items())
+        top_ops = ", ".join(f"{op} {n}" for op, n in list(g["op_types"].items())[:8])
+        for k, v in (("model", f"{info['name']}  (graph: {role})"), ("file", g["file"]), ("size", size),
+                     ("producer", g["producer"] or "-"), ("ir version", str(g["ir_version"])),
+                     ("opsets", opsets), ("parameters", f"{g['parameters']:,}" + (f"  ({dtypes})" if dtypes else "")),
+                     ("nodes", f"{g['nodes']}  ({top_ops})")):
+            head.add_row(k, v)
+        for k, v in g["metadata"].items():
+            head.add_row(f"metadata {k}", v)
+        parts += [head, _specs("inputs", g["inputs"]), _specs("outputs", g["outputs"])]
+    prov = info["providers"]
+    runtime = info["runtime"]
+    parts.append(f"[bold]providers[/] session: {', '.join(prov['session'])}; available: {', '.join(prov['available'])}")
+    parts.append(f"[bold]session[/] optimisation {runtime['graph_optimization']}, "
+                 f"intra-op threads {runtime['intra_op_threads']}, inter-op threads {runtime['inter_op_threads']}")
+    return Group(*parts)

@@ -1,0 +1,74 @@
+"""``gpux run``: one inference (or a benchmark) on a model, result as JSON on stdout."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from gpux.cli import common
+from gpux.errors import UsageError
+
+OPT_HELP = "Graph optimisation level: disable, basic, extended or all."
+
+
+def run(
+    model: str = typer.Argument(..., help="An .onnx file, a bundle folder, a folder with gpux.yml, or a built name."),
+    input: str = typer.Option(..., "--input", "-i", help="Inputs as JSON, or @file.json / @file.npz."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSON result here instead of stdout."),  # noqa: UP007
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help="auto, cpu, cuda, tensorrt, rocm, coreml, directml, openvino."),  # noqa: UP007
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: cores available)."),  # noqa: UP007
+    optimization: Optional[str] = typer.Option(None, "--optimization", help=OPT_HELP),  # noqa: UP007
+    bench: bool = typer.Option(False, "--benchmark", help="Time repeated runs and report latency, throughput, memory."),
+    runs: int = typer.Option(100, "--runs", min=1, help="Timed runs with --benchmark."),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed runs before timing."),
+) -> None:
+    """Run MODEL on --input and print the outputs (and providers, timings) as JSON."""
+    from gpux.cli.inputs import dump, read_input
+    from gpux.engine.model import load
+    from gpux.engine.options import OPT_LEVELS
+    from gpux.engine.providers import alias_of
+
+    if optimization is not None and optimization not in OPT_LEVELS:
+        raise UsageError(f"--optimization {optimization!r} is not a level",
+                         hint=f"use one of {', '.join(OPT_LEVELS)}")
+    feed = read_input(input)
+    m = load(model, provider, intra_op_threads=threads, graph_optimization=optimization,
+             placement=True, log_level=common.ort_log_level())
+    if bench:
+        result = _benchmark(m, feed, runs, warmup)
+    else:
+        start = time.perf_counter()
+        outputs = m.run(feed)
+        run_ms = (time.perf_counter() - start) * 1e3
+        result = {
+            "model": m.name,
+            "outputs": outputs,
+            "providers": [alias_of(p) for p in m.providers],
+            "placement": m.placement,
+            "timings": {"load_ms": m.load_ms, "run_ms": run_ms},
+        }
+    text = dump(result)
+    if output is not None:
+        output.write_text(text + "\n", encoding="utf-8")
+    else:
+        typer.echo(text)
+
+
+def _benchmark(m, feed, runs: int, warmup: int):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from gpux.bench.runner import benchmark
+    from gpux.cli.render import benchmark_table
+
+    console = common.err_console()
+    every = max(1, runs // 50)
+    with Progress(TextColumn("benchmark {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(m.name, total=runs)
+        result = benchmark(m, feed, runs=runs, warmup=warmup,
+                           on_step=lambda i: progress.update(task, completed=i) if i % every == 0 or i == runs else None)
+    console.print(benchmark_table(result))
+    return result

@@ -1,0 +1,107 @@
+"""``gpux.load``: a bundle's graphs in onnxruntime sessions, behind one small object.
+
+A bundle may hold several graphs (an encoder and a decoder, say); all of them are
+loaded with the same providers and settings, and ``Model.run`` runs the default
+one unless told otherwise. Settings come from, in order of precedence: the
+arguments of :func:`load`, the bundle's ``runtime`` section, gpux's defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpux.engine import providers as _providers
+from gpux.engine.options import RuntimeOptions
+from gpux.engine.session import Graph
+from gpux.store.bundle import Bundle
+from gpux.store.local import Store, resolve
+
+
+class Model:
+    """A loaded model. ``run`` is safe to call from several threads at once."""
+
+    def __init__(self, bundle: Bundle, options: RuntimeOptions, *, placement: bool = False) -> None:
+        self.bundle = bundle
+        self.options = options
+        self.requested = _providers.resolve(options.provider)
+        m = bundle.manifest
+        self.graphs: dict[str, Graph] = {}
+        for role in m.graphs:
+            main = role == m.default_graph
+            self.graphs[role] = Graph(
+                bundle.graph_path(role), options, self.requested,
+                declared_inputs=m.inputs if main else None,
+                declared_outputs=m.outputs if main else None,
+                placement=placement)
+        self._default = self.graphs[m.default_graph]
+        self._info: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def providers(self) -> list[str]:
+        """Providers the default graph's session really has (onnxruntime's names), best first."""
+        return self._default.providers
+
+    @property
+    def placement(self) -> dict[str, int] | None:
+        """Nodes per provider on the first run, when loaded with ``placement=True``."""
+        return self._default.placement
+
+    @property
+    def inputs(self) -> list[Any]:
+        return self._default.inputs
+
+    @property
+    def outputs(self) -> list[Any]:
+        return self._default.outputs
+
+    @property
+    def load_ms(self) -> float:
+        return sum(g.load_ms for g in self.graphs.values())
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self._default.settings
+
+    def run(self, inputs: Mapping[str, Any], graph: str | None = None) -> dict[str, np.ndarray]:
+        """Run the default graph (or ``graph``) on ``inputs``; outputs by name."""
+        if graph is None:
+            return self._default.run(inputs)
+        return self.graphs[graph].run(inputs)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What ``gpux inspect`` shows, as JSON-ready data."""
+        if self._info is None:
+            from gpux.engine.inspect import describe
+
+            self._info = describe(self)
+        return self._info
+
+    def __repr__(self) -> str:
+        return f"<gpux.Model {self.name!r} providers={[_providers.alias_of(p) for p in self.providers]}>"
+
+
+def load(model: str | Path | Bundle, provider: str | None = None, *,
+         intra_op_threads: int | None = None, inter_op_threads: int | None = None,
+         graph_optimization: str | None = None, placement: bool = False,
+         log_level: int | None = None, store: Store | None = None) -> Model:
+    """Load ``model``: an ``.onnx`` path, a bundle folder, a folder with gpux.yml, or a built name.
+
+    ``provider`` is ``auto`` (best available), or a name such as ``cpu`` or
+    ``cuda``; an unavailable one raises :class:`~gpux.errors.ProviderUnavailableError`.
+    With ``placement=True`` the first run is profiled to count nodes per provider.
+    """
+    bundle = model if isinstance(model, Bundle) else resolve(str(model), store)
+    options = RuntimeOptions.from_dict(bundle.manifest.runtime).override(
+        provider=provider, intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads, graph_optimization=graph_optimization,
+        log_level=log_level)
+    return Model(bundle, options, placement=placement)
