@@ -34,10 +34,9 @@ def build(
     bundle = Store().publish(manifest, files)
     console = common.err_console()
     total = sum(f["size"] for f in bundle.manifest.files.values())
-    console.print(f"[bold green]built[/] {bundle.name}:{tag}  ({total / 1e6:.2f} MB, "
-                  f"{len(bundle.manifest.files)} file(s)) -> {bundle.root}")
-    for spec in checked.inputs:
-        console.print(f"  input  {spec.name}: {spec.describe()}")
-    for spec in checked.outputs:
-        console.print(f"  output {spec.name}: {spec.describe()}")
+    lines = [f"built {bundle.name}:{tag} ({total / 1e6:.2f} MB, "
+             f"{len(bundle.manifest.files)} file(s)) -> {bundle.root}"]
+    lines += [f"  input  {s.name}: {s.describe()}" for s in checked.inputs]
+    lines += [f"  output {s.name}: {s.describe()}" for s in checked.outputs]
+    console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
     typer.echo(f"{bundle.name}:{tag}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -35,7 +36,7 @@ def benchmark_table(r: dict[str, Any]) -> Table:
         ("cpu", r["environment"]["cpu"]),
     ]
     for k, v in rows:
-        t.add_row(k, v)
+        t.add_row(k, escape(v))
     return t
 
 
@@ -45,7 +46,7 @@ def _specs(title: str, specs: list[dict[str, Any]]) -> Table:
         t.add_column(col)
     for s in specs:
         shape = "?" if s["shape"] is None else "[" + ", ".join("?" if d is None else str(d) for d in s["shape"]) + "]"
-        t.add_row(s["name"], s["dtype"], shape)
+        t.add_row(escape(s["name"]), s["dtype"], escape(shape))
     return t
 
 
@@ -64,9 +65,9 @@ def inspect_view(info: dict[str, Any]) -> Group:
                      ("producer", g["producer"] or "-"), ("ir version", str(g["ir_version"])),
                      ("opsets", opsets), ("parameters", f"{g['parameters']:,}" + (f"  ({dtypes})" if dtypes else "")),
                      ("nodes", f"{g['nodes']}  ({top_ops})")):
-            head.add_row(k, v)
+            head.add_row(k, escape(v))
         for k, v in g["metadata"].items():
-            head.add_row(f"metadata {k}", v)
+            head.add_row(escape(f"metadata {k}"), escape(v))
         parts += [head, _specs("inputs", g["inputs"]), _specs("outputs", g["outputs"])]
     prov = info["providers"]
     runtime = info["runtime"]

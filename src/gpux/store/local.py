@@ -101,6 +101,7 @@ class Store:
             manifest.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
             manifest.gpux_version = __version__
             _write_synced(staging / MANIFEST, manifest.to_json().encode())
+            staging.chmod(0o755)  # mkdtemp makes 0700; a bundle is readable like any file
             if before_publish is not None:
                 before_publish(staging)
             old = None
