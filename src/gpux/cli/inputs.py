@@ -78,4 +78,15 @@ def _all_finite(arr: Any) -> bool:
 
 
 def dump(data: Any) -> str:
-    return json.dumps(to_jsonable(data), indent=2, allow_nan=False)
+    """Indented JSON whose innermost lists (tensor rows) stay on one line each."""
+    return _fmt(to_jsonable(data), 0)
+
+
+def _fmt(value: Any, depth: int) -> str:
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(value, dict) and value:
+        items = (f"{inner}{json.dumps(k)}: {_fmt(v, depth + 1)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(value, list) and any(isinstance(v, (list, dict)) for v in value):
+        return "[\n" + ",\n".join(inner + _fmt(v, depth + 1) for v in value) + f"\n{pad}]"
+    return json.dumps(value, allow_nan=False)
