@@ -7,12 +7,13 @@ from typing import Optional
 import typer
 
 from gpux.cli import common
+from gpux.cli.run import MODEL_HELP, PROVIDER_HELP
 
 
 def inspect(
-    model: str = typer.Argument(..., help="An .onnx file, a bundle folder, a folder with gpux.yml, or a built name."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    provider: Optional[str] = typer.Option(None, "--provider", "-p", help="Provider to open the session with."),  # noqa: UP007
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help=PROVIDER_HELP),  # noqa: UP007
 ) -> None:
     """Show what MODEL expects and returns, and what it is made of."""
     from gpux.cli.inputs import dump

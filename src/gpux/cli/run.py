@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from gpux.cli import common
 from gpux.errors import UsageError
 
+if TYPE_CHECKING:
+    from gpux.engine.model import Model
+
 OPT_HELP = "Graph optimisation level: disable, basic, extended or all."
+MODEL_HELP = "An .onnx file, a bundle folder, a folder with gpux.yml, or a built name."
+PROVIDER_HELP = "auto, cpu, cuda, tensorrt, rocm, migraphx, coreml, directml, openvino."
 
 
 def run(
-    model: str = typer.Argument(..., help="An .onnx file, a bundle folder, a folder with gpux.yml, or a built name."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     input: str = typer.Option(..., "--input", "-i", help="Inputs as JSON, or @file.json / @file.npz."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSON result here instead of stdout."),  # noqa: UP007
-    provider: Optional[str] = typer.Option(None, "--provider", "-p", help="auto, cpu, cuda, tensorrt, rocm, coreml, directml, openvino."),  # noqa: UP007
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help=PROVIDER_HELP),  # noqa: UP007
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: cores available)."),  # noqa: UP007
     optimization: Optional[str] = typer.Option(None, "--optimization", help=OPT_HELP),  # noqa: UP007
     bench: bool = typer.Option(False, "--benchmark", help="Time repeated runs and report latency, throughput, memory."),
@@ -57,7 +63,7 @@ def run(
         typer.echo(text)
 
 
-def _benchmark(m, feed, runs: int, warmup: int):  # type: ignore[no-untyped-def]
+def _benchmark(m: Model, feed: Mapping[str, Any], runs: int, warmup: int) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from gpux.bench.runner import benchmark
@@ -65,10 +71,15 @@ def _benchmark(m, feed, runs: int, warmup: int):  # type: ignore[no-untyped-def]
 
     console = common.err_console()
     every = max(1, runs // 50)
-    with Progress(TextColumn("benchmark {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
+    columns = (TextColumn("benchmark {task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(m.name, total=runs)
-        result = benchmark(m, feed, runs=runs, warmup=warmup,
-                           on_step=lambda i: progress.update(task, completed=i) if i % every == 0 or i == runs else None)
+
+        def step(i: int) -> None:
+            if i % every == 0 or i == runs:
+                progress.update(task, completed=i)
+
+        result = benchmark(m, feed, runs=runs, warmup=warmup, on_step=step)
     console.print(benchmark_table(result))
     return result
