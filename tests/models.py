@@ -102,3 +102,13 @@ def scalar_scale(path: Path) -> Path:
          helper.make_tensor_value_info("s", TensorProto.INT32, [])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
     return _save(graph, path)
+
+
+def reshape_to_two_rows(path: Path) -> Path:
+    """y = reshape(x, [2, -1]), x float32 [n]: onnxruntime fails at run time when n is odd."""
+    shape = numpy_helper.from_array(np.array([2, -1], dtype=np.int64), "shape")
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "r",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, None])],
+                              initializer=[shape])
+    return _save(graph, path)

@@ -81,14 +81,7 @@ def test_missing_model_and_corrupt_model_exit_3(tmp_path: Path) -> None:
 
 
 def test_inference_failure_exits_5(tmp_path: Path) -> None:
-    from onnx import TensorProto, helper
-
-    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [2, -1])
-    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "r",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, None])],
-                              initializer=[shape])
-    models._save(graph, tmp_path / "reshape.onnx")
+    models.reshape_to_two_rows(tmp_path / "reshape.onnx")
     res = gpux("run", str(tmp_path / "reshape.onnx"), "-i", '{"x": [1, 2, 3]}')
     assert res.returncode == 5 and "onnxruntime failed while running" in res.stderr
 

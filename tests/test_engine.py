@@ -100,14 +100,7 @@ def test_shared_symbolic_dims_must_agree(model_dir: Path) -> None:
 
 
 def test_onnxruntime_failure_becomes_inference_error(tmp_path: Path) -> None:
-    from onnx import TensorProto, helper
-
-    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [2, -1])
-    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "r",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, None])],
-                              initializer=[shape])
-    models._save(graph, tmp_path / "reshape.onnx")
+    models.reshape_to_two_rows(tmp_path / "reshape.onnx")
     m = gpux.load(tmp_path / "reshape.onnx")
     assert m.run({"x": [1, 2, 3, 4]})["y"].shape == (2, 2)
     with pytest.raises(InferenceError, match="onnxruntime failed while running reshape.onnx"):
