@@ -152,12 +152,14 @@ def test_folder_with_gpux_yml_runs_without_a_build(tmp_path: Path, model_dir: Pa
     assert not gpux_home.exists()  # nothing written
 
 
-@pytest.mark.parametrize("ref", ["../etc", "Bad", "a/b", "x:", "x:../y", ""])
+@pytest.mark.parametrize("ref", ["../etc", "a/../b", "a/b/c", ".hidden", "x:", "x:../y", "", "a b"])
 def test_model_names_are_validated(ref: str) -> None:
     from gpux.errors import UsageError
 
     with pytest.raises(UsageError):
-        local.parse_ref(ref if ref != "x:" else "x:/")
+        local.parse_ref(ref)
+    assert local.parse_ref("sentence-transformers/all-MiniLM-L6-v2:v1") == (
+        "sentence-transformers/all-MiniLM-L6-v2", "v1")
 
 
 def test_package_source_is_found_without_importing_it(tmp_path: Path, silero: Path) -> None:

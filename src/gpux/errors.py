@@ -18,7 +18,9 @@ families apart::
     │   ├── ProviderUnknownError           a name that is no execution provider
     │   └── ProviderUnavailableError       a real provider this machine cannot run
     ├── InferenceError            exit 5   onnxruntime failed while running
-    └── StoreError                exit 6   the local model store cannot be read or written
+    ├── StoreError                exit 6   the local model store cannot be read or written
+    ├── ConvertError              exit 7   export or parity check failed, unsupported task
+    └── RegistryError             exit 8   the model source (Hub, package) cannot be reached or read
 
 Foreign errors (onnxruntime's, the OS's) are turned into these in one place,
 :func:`map_exceptions`, so callers never see a bare ``RuntimeException``.
@@ -110,6 +112,18 @@ class StoreError(GpuxError):
     """The local model store cannot be read or written."""
 
     exit_code = 6
+
+
+class ConvertError(GpuxError):
+    """Turning a model into ONNX failed, or the result did not match the original."""
+
+    exit_code = 7
+
+
+class RegistryError(GpuxError):
+    """A model source (the Hub, a local folder, a model package) cannot be reached or read."""
+
+    exit_code = 8
 
 
 def _ort_error_types() -> tuple[type[BaseException], ...]:

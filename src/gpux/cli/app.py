@@ -15,6 +15,7 @@ from gpux._version import __version__
 from gpux.cli import build as build_cmd
 from gpux.cli import common
 from gpux.cli import inspect as inspect_cmd
+from gpux.cli import pull as pull_cmd
 from gpux.cli import run as run_cmd
 from gpux.errors import GpuxError
 
@@ -43,6 +44,7 @@ def _root(
     common.state["verbose"] = verbose
 
 
+app.command("pull", no_args_is_help=True)(pull_cmd.pull)
 app.command("run", no_args_is_help=True)(run_cmd.run)
 app.command("inspect", no_args_is_help=True)(inspect_cmd.inspect)
 app.command("build", no_args_is_help=True)(build_cmd.build)

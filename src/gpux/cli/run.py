@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -40,22 +40,23 @@ def run(
     if optimization is not None and optimization not in OPT_LEVELS:
         raise UsageError(f"--optimization {optimization!r} is not a level",
                          hint=f"use one of {', '.join(OPT_LEVELS)}")
+    from gpux.tasks import for_model
+
     feed = read_input(input)
-    m = load(model, provider, intra_op_threads=threads, graph_optimization=optimization,
-             placement=True, log_level=common.ort_log_level())
+    m = _load_or_pull(model, lambda: load(model, provider, intra_op_threads=threads, graph_optimization=optimization,
+                                          placement=True, log_level=common.ort_log_level()))
+    task = for_model(m)
+    call: Callable[[], Any] = (lambda: task(feed)) if task is not None else (lambda: m.run(feed))
     if bench:
-        result = _benchmark(m, feed, runs, warmup)
+        result = _benchmark(m, feed, runs, warmup, call)
     else:
         start = time.perf_counter()
-        outputs = m.run(feed)
+        answer = call()
         run_ms = (time.perf_counter() - start) * 1e3
-        result = {
-            "model": m.name,
-            "outputs": outputs,
-            "providers": [alias_of(p) for p in m.providers],
-            "placement": m.placement,
-            "timings": {"load_ms": m.load_ms, "run_ms": run_ms},
-        }
+        result = {"model": m.name, "task": m.bundle.manifest.task,
+                  **(answer if task is not None else {"outputs": answer}),
+                  "providers": [alias_of(p) for p in m.providers], "placement": m.placement,
+                  "timings": {"load_ms": m.load_ms, "run_ms": run_ms}}
     text = dump(result)
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
@@ -63,7 +64,31 @@ def run(
         typer.echo(text)
 
 
-def _benchmark(m: Model, feed: Mapping[str, Any], runs: int, warmup: int) -> dict[str, Any]:
+def _load_or_pull(ref: str, load: Callable[[], Model]) -> Model:
+    """Load ``ref``; a Hub id not converted yet is pulled first, in a child process.
+
+    The child keeps torch and transformers out of this process: `gpux run` never imports them.
+    """
+    import subprocess
+    import sys
+
+    from gpux.errors import ModelNotFoundError
+    from gpux.store.local import looks_like_hub_id
+
+    try:
+        return load()
+    except ModelNotFoundError:
+        if not looks_like_hub_id(ref):
+            raise
+    common.err_console().print(f"{ref} is not converted yet: pulling it", markup=False, highlight=False)
+    child = subprocess.run([sys.executable, "-m", "gpux", "pull", ref], stdout=sys.stderr)
+    if child.returncode != 0:
+        raise SystemExit(child.returncode)
+    return load()
+
+
+def _benchmark(m: Model, feed: Mapping[str, Any], runs: int, warmup: int,
+               call: Callable[[], Any]) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from gpux.bench.runner import benchmark
@@ -80,6 +105,6 @@ def _benchmark(m: Model, feed: Mapping[str, Any], runs: int, warmup: int) -> dic
             if i % every == 0 or i == runs:
                 progress.update(task, completed=i)
 
-        result = benchmark(m, feed, runs=runs, warmup=warmup, on_step=step)
+        result = benchmark(m, feed, runs=runs, warmup=warmup, on_step=step, call=call)
     console.print(benchmark_table(result))
     return result

@@ -45,6 +45,8 @@ class Manifest:
     #: Settings for `gpux serve`: host, port, batch_size.
     serving: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    #: How the graph was made from the source: exporter, versions, opset, dtype, parity figures.
+    conversion: dict[str, Any] = field(default_factory=dict)
     #: File name -> {"sha256": hex, "size": bytes} for everything in the folder.
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: str = ""

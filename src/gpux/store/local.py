@@ -27,7 +27,8 @@ from gpux._version import __version__
 from gpux.errors import ModelNotFoundError, StoreError, UsageError
 from gpux.store.bundle import MANIFEST, Bundle, Manifest
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+# A local name, or a Hugging Face id "org/name"; no segment may start with "." (no "..").
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CHUNK = 1 << 20
 
@@ -42,13 +43,16 @@ def home() -> Path:
 
 
 def parse_ref(ref: str) -> tuple[str, str]:
-    """Split ``name[:tag]`` and validate both; raises :class:`UsageError` naming the rule."""
-    name, _, tag = ref.partition(":")
-    tag = tag or "latest"
+    """Split ``name[:tag]`` and validate both; raises :class:`UsageError` naming the rule.
+
+    The tag is "" when none was given: :meth:`Store.get` then picks ``latest``
+    or the only tag there is.
+    """
+    name, colon, tag = ref.partition(":")
     if not _NAME.match(name):
         raise UsageError(f"invalid model name {name!r}",
-                         hint="use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")
-    if not _TAG.match(tag):
+                         hint="use letters, digits, '.', '_' and '-' (and one '/' as in org/name)")
+    if colon and not _TAG.match(tag):
         raise UsageError(f"invalid tag {tag!r}", hint="use letters, digits, '.', '_' and '-'")
     return name, tag
 
@@ -73,12 +77,25 @@ class Store:
     def get(self, ref: str) -> Bundle:
         """The bundle built as ``name[:tag]``; :class:`ModelNotFoundError` if there is none."""
         name, tag = parse_ref(ref)
+        tag = tag or self._default_tag(name)
         folder = self.path(name, tag)
         if not (folder / MANIFEST).is_file():
             raise ModelNotFoundError(
                 f"no model {ref!r}: not a file or folder, and not built in {self.root}",
                 hint="give a path to an .onnx file, or build one with gpux build DIR")
         return Bundle.from_dir(folder)
+
+    def tags(self, name: str) -> list[str]:
+        folder = self.root / "models" / name
+        return sorted(p.name for p in folder.iterdir() if (p / MANIFEST).is_file()) if folder.is_dir() else []
+
+    def _default_tag(self, name: str) -> str:
+        tags = self.tags(name)
+        if "latest" in tags or not tags:
+            return "latest"
+        if len(tags) == 1:
+            return tags[0]
+        raise UsageError(f"model {name!r} has several tags: {', '.join(tags)}", hint=f"say which: {name}:{tags[0]}")
 
     def publish(self, manifest: Manifest, files: Mapping[str, Path]) -> Bundle:
         """Copy ``files`` (name in bundle -> source path) and ``manifest`` in as one bundle.
@@ -91,7 +108,7 @@ class Store:
         try:
             tmp_root.mkdir(parents=True, exist_ok=True)
             final.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f"{manifest.name}-", dir=tmp_root))
+            staging = Path(tempfile.mkdtemp(prefix=manifest.name.replace("/", "--") + "-", dir=tmp_root))
         except OSError as exc:
             raise StoreError(f"cannot write to the model store {self.root}: {exc.strerror}",
                              hint="set GPUX_HOME to a writable folder") from exc
@@ -143,6 +160,12 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def looks_like_hub_id(ref: str) -> bool:
+    """``org/name`` (optionally ``@revision``) that is not a path on disk."""
+    repo = ref.partition("@")[0]
+    return repo.count("/") == 1 and bool(_NAME.match(repo)) and not Path(repo).exists()
+
+
 def resolve(ref: str, store: Store | None = None) -> Bundle:
     """Turn a user's MODEL argument into a bundle.
 
@@ -168,7 +191,7 @@ def resolve(ref: str, store: Store | None = None) -> Bundle:
             return Bundle(files[manifest.graphs[manifest.default_graph]].parent, manifest)
         raise ModelNotFoundError(f"{path} has neither {MANIFEST} nor gpux.yml",
                                  hint="point at an .onnx file inside it, or add a gpux.yml")
-    looks_like_path = os.sep in ref or ref.endswith(".onnx")
+    looks_like_path = ref.startswith((".", "/", "~")) or ref.endswith(".onnx") or ref.count("/") > 1
     if looks_like_path:
         raise ModelNotFoundError(f"no such file or folder: {ref}", hint="check the path")
     return (store or Store()).get(ref)

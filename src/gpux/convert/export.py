@@ -1,0 +1,147 @@
+"""Hugging Face encoder -> ONNX with ``torch.onnx.export(dynamo=True)``, then a parity check.
+
+Why this exporter (measured here, see docs/convert.md): with transformers 5.x the
+TorchScript exporter produced graphs that disagreed with PyTorch (max-abs 1.3 on
+real tokens of all-MiniLM-L6-v2), while the dynamo exporter matched to 4e-6;
+optimum-onnx 0.1.0 caps transformers below 4.58. Only this module imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpux.convert.architectures import ARCHITECTURES, Architecture
+from gpux.errors import ConvertError
+
+#: The task's exported output, and the transformers Auto class that loads the model for it.
+TASK_HEADS: dict[str, tuple[str, str]] = {
+    "feature-extraction": ("AutoModel", "last_hidden_state"),
+    "text-classification": ("AutoModelForSequenceClassification", "logits"),
+}
+OPSET = 18
+PARITY_MIN_COSINE = 0.999
+#: (batch, sequence length) pairs the parity check runs; rows after the first are padded shorter.
+PARITY_CASES = ((1, 8), (2, 32), (4, 61))
+
+
+@dataclass
+class Exported:
+    path: Path
+    architecture: Architecture
+    output: str
+    parity: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def _load(folder: Path, task: str, allow_pickle: bool) -> tuple[Any, Architecture]:
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder)
+    arch = ARCHITECTURES.get(config.model_type)
+    if arch is None:
+        raise ConvertError(f"architecture {config.model_type!r} is not supported for export yet",
+                           hint=f"supported: {', '.join(sorted(ARCHITECTURES))}")
+    auto = getattr(transformers, TASK_HEADS[task][0])
+    has_safetensors = any(folder.glob("*.safetensors"))
+    if not has_safetensors and not allow_pickle:
+        raise ConvertError("the model has no .safetensors weights, only pickle files",
+                           hint="pickle can run code when loaded; pass --allow-pickle if you trust the source")
+    model = auto.from_pretrained(folder, use_safetensors=has_safetensors, attn_implementation="sdpa")
+    return model.eval(), arch
+
+
+def _examples(arch: Architecture, vocab: int, batch: int, seq: int, seed: int) -> dict[str, Any]:
+    """Random token ids with real padding: an all-ones mask would let tracing drop it."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, max(6, vocab), (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    for row in range(1, batch):
+        mask[row, max(2, seq - row * seq // (batch + 1)):] = 0
+    feed = {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return {k: feed[k] for k in arch.inputs}
+
+
+def export(folder: Path, task: str, out: Path, *, allow_pickle: bool = False) -> Exported:
+    """Export the model in ``folder`` for ``task`` to ``out`` and check parity.
+
+    Raises :class:`ConvertError` for unsupported architectures, pickle-only
+    weights without ``allow_pickle``, exporter failures and failed parity.
+    """
+    import torch
+    import transformers
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    start = time.perf_counter()
+    model, arch = _load(folder, task, allow_pickle)
+    output = TASK_HEADS[task][1]
+
+    class Wrapper(torch.nn.Module):
+        """Named tensor inputs in, the task's one output tensor out."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask, **extra), output)
+
+    vocab = int(getattr(model.config, "vocab_size", 1000))
+    example = _examples(arch, vocab, 2, 16, seed=0)
+    batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=8192)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporter chatter; failures still raise
+            torch.onnx.export(
+                Wrapper().eval(), tuple(example.values()), str(out), input_names=list(arch.inputs),
+                output_names=[output], dynamic_shapes={k: {0: batch, 1: seq} for k in arch.inputs},
+                opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
+    except Exception as exc:  # the exporter raises many unrelated types
+        raise ConvertError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                           hint="run with -v for the exporter's trace") from exc
+    parity = check_parity(model, arch, out, output, vocab)
+    return Exported(out, arch, output, parity, time.perf_counter() - start,
+                    {"torch": torch.__version__, "transformers": transformers.__version__})
+
+
+def check_parity(model: Any, arch: Architecture, path: Path, output: str, vocab: int) -> dict[str, Any]:
+    """PyTorch vs onnxruntime on generated inputs; :class:`ConvertError` below the cosine floor."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cases = []
+    for i, (b, s) in enumerate(PARITY_CASES):
+        feed = _examples(arch, vocab, b, s, seed=100 + i)
+        with torch.no_grad():
+            ref = getattr(model(**feed), output).float().numpy()
+        got = sess.run(None, {k: v.numpy() for k, v in feed.items()})[0]
+        if output == "last_hidden_state":  # padded positions carry no meaning: compare real tokens
+            keep = feed["attention_mask"].numpy().astype(bool)
+            ref, got = ref[keep], got[keep]
+        else:
+            ref, got = ref.reshape(b, -1), got.reshape(b, -1)
+        cos = np.sum(ref * got, -1) / np.maximum(np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1), 1e-12)
+        cases.append({"batch": b, "sequence": s, "cosine_min": float(cos.min()),
+                      "max_abs": float(np.abs(ref - got).max())})
+    result = {"cases": cases, "cosine_min": min(c["cosine_min"] for c in cases),
+              "max_abs": max(c["max_abs"] for c in cases), "threshold_cosine": PARITY_MIN_COSINE}
+    if result["cosine_min"] < PARITY_MIN_COSINE:
+        raise ConvertError(f"the ONNX model does not match PyTorch: cosine {result['cosine_min']:.6f} "
+                           f"< {PARITY_MIN_COSINE}, max-abs {result['max_abs']:.3g}",
+                           hint="report this model; try --task or another revision")
+    return result

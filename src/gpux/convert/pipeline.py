@@ -1,0 +1,97 @@
+"""Folder -> task -> export -> parity -> bundle (graph, tokenizer, task config) -> store."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gpux.convert.detect import detect_task, read_json
+from gpux.errors import ConvertError
+from gpux.store.bundle import Bundle, Manifest
+from gpux.store.local import Store
+
+SUPPORTED_TASKS = ("feature-extraction", "text-classification")
+TASK_CONFIG = "task.json"
+
+
+def _max_length(folder: Path, config: dict[str, Any], offset: int) -> int:
+    """Longest input the model takes: sentence-transformers' limit, the tokenizer's, the positions'."""
+    limits = []
+    if (folder / "sentence_bert_config.json").is_file():
+        limits.append(read_json(folder / "sentence_bert_config.json").get("max_seq_length"))
+    if (folder / "tokenizer_config.json").is_file():
+        limits.append(read_json(folder / "tokenizer_config.json").get("model_max_length"))
+    if config.get("max_position_embeddings"):
+        limits.append(int(config["max_position_embeddings"]) - offset)
+    sane = [int(x) for x in limits if isinstance(x, (int, float)) and 0 < x < 1_000_000]
+    return min(sane) if sane else 512
+
+
+def _pooling(folder: Path) -> dict[str, Any]:
+    """Pooling and normalisation as sentence-transformers' modules.json describes them (mean otherwise)."""
+    mode, normalize = "mean", False
+    if (folder / "modules.json").is_file():
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        for mod in modules:
+            kind = str(mod.get("type", ""))
+            if kind.endswith("Pooling"):
+                cfg = read_json(folder / mod.get("path", "1_Pooling") / "config.json")
+                modes = [m for m in ("cls_token", "mean_tokens", "max_tokens") if cfg.get(f"pooling_mode_{m}")]
+                if len(modes) != 1:
+                    raise ConvertError(f"pooling modes {modes or 'none'} are not supported",
+                                       hint="gpux supports exactly one of cls, mean or max pooling")
+                mode = {"cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max"}[modes[0]]
+            elif kind.endswith("Normalize"):
+                normalize = True
+    return {"pooling": mode, "normalize": normalize}
+
+
+def _tokenizer_facts(folder: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    if not getattr(tok, "is_fast", False) or not (folder / "tokenizer.json").is_file():
+        raise ConvertError("the model has no tokenizer.json (a fast tokenizer)",
+                           hint="gpux tokenizes with the `tokenizers` library, which needs tokenizer.json")
+    return {"pad_token": tok.pad_token, "pad_id": tok.pad_token_id if tok.pad_token_id is not None else 0}
+
+
+def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None = None,
+            allow_pickle: bool = False, store: Store | None = None) -> Bundle:
+    """Convert the HF-layout ``folder`` and publish it as ``name:task`` in the store."""
+    from gpux.convert.export import OPSET, export
+
+    if task is not None and task not in SUPPORTED_TASKS:
+        raise ConvertError(f"task {task!r} is not supported", hint=f"supported tasks: {', '.join(SUPPORTED_TASKS)}")
+    task = task or detect_task(folder, SUPPORTED_TASKS)
+    if task not in SUPPORTED_TASKS:
+        raise ConvertError(f"this model is for {task!r}, which gpux cannot run yet",
+                           hint=f"supported tasks: {', '.join(SUPPORTED_TASKS)}")
+    store = store or Store()
+    config = read_json(folder / "config.json")
+    tok = _tokenizer_facts(folder)
+    (store.root / "tmp").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="convert-", dir=store.root / "tmp") as work:
+        exported = export(folder, task, Path(work) / "model.onnx", allow_pickle=allow_pickle)
+        task_cfg: dict[str, Any] = {
+            "task": task, "max_length": _max_length(folder, config, exported.architecture.position_offset),
+            "inputs": list(exported.architecture.inputs), "output": exported.output, **tok,
+        }
+        if task == "feature-extraction":
+            task_cfg.update(_pooling(folder))
+        else:
+            id2label = config.get("id2label") or {}
+            task_cfg["labels"] = [id2label.get(str(i), f"LABEL_{i}") for i in range(len(id2label) or 2)]
+        (Path(work) / TASK_CONFIG).write_text(json.dumps(task_cfg, indent=2))
+        manifest = Manifest(
+            name=name, tag=task, task=task, graphs={"model": "model.onnx"},
+            assets={"tokenizer": "tokenizer.json", "task_config": TASK_CONFIG},
+            source=source,
+            conversion={"exporter": "torch.onnx.export(dynamo=True)", "opset": OPSET, "dtype": "float32",
+                        "seconds": round(exported.seconds, 3), "parity": exported.parity, **exported.versions},
+        )
+        files = {"model.onnx": exported.path, "tokenizer.json": folder / "tokenizer.json",
+                 TASK_CONFIG: Path(work) / TASK_CONFIG}
+        return store.publish(manifest, files)

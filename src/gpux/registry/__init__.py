@@ -1,0 +1,49 @@
+"""The registry box: where a model's original files come from.
+
+:func:`locate` turns a user's reference into a local folder in Hugging Face
+layout plus a record of where it came from, trying in order: a local folder,
+an installed model package (:mod:`gpux.registry.packages`), the Hub.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpux.errors import ModelNotFoundError
+from gpux.registry import packages
+
+
+@dataclass
+class Located:
+    """A model folder in HF layout and the JSON record of its origin."""
+
+    name: str
+    folder: Path
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def split_revision(ref: str) -> tuple[str, str | None]:
+    """``org/name@rev`` -> (``org/name``, ``rev``)."""
+    repo, at, rev = ref.partition("@")
+    return repo, (rev or None) if at else None
+
+
+def locate(ref: str, revision: str | None = None, allow_pickle: bool = False) -> Located:
+    """Find the files of ``ref``; raises :class:`ModelNotFoundError` naming what was tried."""
+    repo, rev = split_revision(ref)
+    revision = revision or rev
+    path = Path(repo).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)",
+                                     hint="point at a folder with config.json, tokenizer.json and weights")
+        return Located(path.resolve().name.lower(), path.resolve(), {"kind": "local", "path": str(path.resolve())})
+    found = packages.find(repo)
+    if found is not None and revision is None:
+        folder, dist = found
+        return Located(repo, folder, {"kind": "package", "repo": repo, "package": dist})
+    from gpux.registry import hub
+
+    return hub.fetch(repo, revision, allow_pickle)

@@ -1,0 +1,46 @@
+"""The tasks box: text in -> tensors -> session -> answers out, one module per task.
+
+A new task is a module here plus one row in :data:`TASKS`. Nothing here imports
+torch or transformers: tokenization uses the ``tokenizers`` library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gpux.errors import UsageError
+
+if TYPE_CHECKING:
+    from gpux.engine.model import Model
+
+#: Task name -> "module:class" implementing it.
+TASKS: dict[str, str] = {
+    "feature-extraction": "gpux.tasks.embeddings:Embeddings",
+    "text-classification": "gpux.tasks.classification:Classifier",
+}
+
+
+class Task(Protocol):
+    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def for_model(model: Model) -> Task | None:
+    """The task pipeline for ``model``'s manifest task, or None for a raw-tensor model."""
+    name = model.bundle.manifest.task
+    if name is None or name not in TASKS:
+        return None
+    module, _, cls = TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(model)  # type: ignore[no-any-return]
+
+
+def texts(payload: dict[str, Any]) -> list[str]:
+    """``{"inputs": "one"}`` or ``{"inputs": ["a", "b"]}`` -> a list of strings, or :class:`UsageError`."""
+    if "inputs" not in payload:
+        raise UsageError('the input needs an "inputs" key', hint='give {"inputs": "text"} or {"inputs": ["a", "b"]}')
+    value = payload["inputs"]
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(t, str) for t in items):
+        raise UsageError('"inputs" must be a string or a non-empty list of strings',
+                         hint='give {"inputs": ["first text", "second text"]}')
+    return items

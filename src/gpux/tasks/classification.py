@@ -1,0 +1,33 @@
+"""Text classification: softmax over the logits, every label with its score, highest first."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gpux.tasks import texts
+from gpux.tasks.text import TextEncoder
+
+if TYPE_CHECKING:
+    from gpux.engine.model import Model
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+
+
+class Classifier:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.encode = TextEncoder(model)
+        self.labels: list[str] = self.encode.config["labels"]
+
+    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        feed = self.encode(texts(payload))
+        probs = softmax(self.model.run(feed)[self.encode.config["output"]].astype(np.float64))
+        return {"predictions": [
+            [{"label": self.labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")]
+            for row in probs]}

@@ -1,0 +1,39 @@
+"""Sentence embeddings: token states pooled (mean/CLS/max) as the model's config says, optionally normalised."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gpux.tasks import texts
+from gpux.tasks.text import TextEncoder
+
+if TYPE_CHECKING:
+    from gpux.engine.model import Model
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """Pool [batch, seq, dim] token states over real tokens; matches sentence-transformers' Pooling."""
+    if mode == "cls":
+        return hidden[:, 0]
+    m = mask[..., None].astype(hidden.dtype)
+    if mode == "max":
+        return np.where(m > 0, hidden, np.finfo(hidden.dtype).min).max(axis=1)
+    return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+
+
+class Embeddings:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.encode = TextEncoder(model)
+        self.mode: str = self.encode.config.get("pooling", "mean")
+        self.normalize: bool = bool(self.encode.config.get("normalize", False))
+
+    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        feed = self.encode(texts(payload))
+        hidden = self.model.run(feed)[self.encode.config["output"]]
+        vecs = pool(hidden, feed["attention_mask"], self.mode)
+        if self.normalize:
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return {"embeddings": vecs}

@@ -1,0 +1,41 @@
+"""Tokenize a batch of texts with the bundle's tokenizer.json into the graph's int64 inputs."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gpux.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from gpux.engine.model import Model
+
+
+class TextEncoder:
+    """Pads to the longest text in the batch and truncates to the model's max length."""
+
+    def __init__(self, model: Model) -> None:
+        from tokenizers import Tokenizer
+
+        bundle = model.bundle
+        try:
+            self.config: dict[str, Any] = json.loads(
+                (bundle.root / bundle.manifest.assets["task_config"]).read_text(encoding="utf-8"))
+            self.tokenizer = Tokenizer.from_file(str(bundle.root / bundle.manifest.assets["tokenizer"]))
+        except Exception as exc:  # tokenizers raises plain Exception for a bad file
+            raise ModelLoadError(f"bundle {bundle.name!r} lacks a readable tokenizer or task config: {exc}",
+                                 hint="pull the model again (gpux pull)") from exc
+        self.tokenizer.enable_truncation(max_length=int(self.config["max_length"]))
+        self.tokenizer.enable_padding(pad_id=int(self.config["pad_id"]), pad_token=self.config["pad_token"] or "[PAD]")
+        self.inputs: list[str] = self.config["inputs"]
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encs = self.tokenizer.encode_batch(texts)
+        feed = {
+            "input_ids": np.array([e.ids for e in encs], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64),
+        }
+        return {k: feed[k] for k in self.inputs}
