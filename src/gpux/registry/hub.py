@@ -8,6 +8,8 @@ is resolved to a commit sha, which the bundle's manifest pins.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +24,7 @@ ALLOW = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_toke
          "vocab.json", "merges.txt", "modules.json", "sentence_bert_config.json",
          "config_sentence_transformers.json", "*/config.json", "README.md", "*.safetensors",
          "model.safetensors.index.json"]
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 PICKLE = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
 
 
@@ -53,14 +56,49 @@ def map_hub_errors(repo: str, revision: str | None) -> Iterator[None]:
                             hint="check the network, free disk space and HF_HOME") from exc
 
 
+def corrupt_files(folder: Path) -> list[Path]:
+    """Snapshot files whose bytes do not hash to their LFS sha256.
+
+    The client names an LFS blob in its cache by the sha256 the Hub announced
+    (``X-Linked-Etag``) but does not check the bytes against it; this does.
+    """
+    bad = []
+    for link in folder.rglob("*"):
+        target = link.resolve()
+        if link.is_symlink() and target.is_file() and _SHA256.match(target.name):
+            h = hashlib.sha256()
+            with open(target, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+            if h.hexdigest() != target.name:
+                bad.append(link)
+    return bad
+
+
 def fetch(repo: str, revision: str | None = None, allow_pickle: bool = False) -> Located:
-    """Download (or reuse from the cache) the files of ``repo`` at ``revision``."""
+    """Download (or reuse from the cache) the files of ``repo`` at ``revision``.
+
+    Large files are checked against their sha256; a corrupt one is deleted and
+    downloaded once more, and a second failure is a :class:`RegistryError`.
+    """
     from huggingface_hub import snapshot_download
 
     from gpux.registry import Located
 
-    with map_hub_errors(repo, revision):
-        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=ALLOW + (PICKLE if allow_pickle else [])))
+    patterns = ALLOW + (PICKLE if allow_pickle else [])
+    for attempt in (1, 2):
+        with map_hub_errors(repo, revision):
+            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+        bad = corrupt_files(folder)
+        if not bad:
+            break
+        for link in bad:
+            link.resolve().unlink(missing_ok=True)
+            link.unlink(missing_ok=True)
+        if attempt == 2:
+            names = ", ".join(p.name for p in bad)
+            raise RegistryError(f"{repo}: {names} arrived corrupted twice (sha256 mismatch); the bad copies were deleted",
+                                hint="try again; if it persists the mirror at HF_ENDPOINT serves bad data")
     if not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"{repo} has no config.json at {revision or 'main'}",
                                  hint="gpux converts transformers models; is this one?")

@@ -81,8 +81,8 @@ class Store:
         folder = self.path(name, tag)
         if not (folder / MANIFEST).is_file():
             raise ModelNotFoundError(
-                f"no model {ref!r}: not a file or folder, and not built in {self.root}",
-                hint="give a path to an .onnx file, or build one with gpux build DIR")
+                f"no model {ref!r}: not a file or folder, and not in the store {self.root}",
+                hint="pull it with gpux pull ORG/NAME, build it with gpux build DIR, or give an .onnx path")
         return Bundle.from_dir(folder)
 
     def tags(self, name: str) -> list[str]:
