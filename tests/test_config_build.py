@@ -75,8 +75,7 @@ serving: {host: 127.0.0.1, port: 9001, batch_size: 4}
     res = cli("build", str(proj), "--tag", "v1")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "tiny-mlp:v1"
-    bundle_dir = gpux_home / "models" / "tiny-mlp" / "v1"
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest = json.loads(local.Store().manifest_path("tiny-mlp", "v1").read_text())
     assert manifest["serving"] == {"host": "127.0.0.1", "port": 9001, "batch_size": 4}
     assert manifest["task"] == "demo"
     assert manifest["files"]["mlp.onnx"]["sha256"] == local.sha256_file(model_dir / "mlp.onnx")
@@ -104,7 +103,7 @@ def test_declarations_that_contradict_the_graph_fail_the_build(tmp_path: Path, m
     res = cli("build", str(proj))
     assert res.returncode == 2
     assert words in res.stderr and "Traceback" not in res.stderr
-    assert not (gpux_home / "models" / "tiny-mlp").exists()  # nothing stored
+    assert local.Store().tags("tiny-mlp") == []  # nothing stored
 
 
 def test_build_carries_external_data(tmp_path: Path, gpux_home: Path) -> None:
@@ -113,35 +112,39 @@ def test_build_carries_external_data(tmp_path: Path, gpux_home: Path) -> None:
     models.mlp(proj / "weights.onnx", external=True)
     (proj / "gpux.yml").write_text("name: ext\nmodel: {source: weights.onnx}\n")
     assert cli("build", str(proj)).returncode == 0
-    stored = gpux_home / "models" / "ext" / "latest"
-    assert (stored / "weights.onnx.data").is_file()
+    stored = gpux.load("ext").bundle.root
+    assert (stored / "weights.onnx.data").is_file() and stored.is_relative_to(gpux_home)
     shutil.rmtree(proj)  # the stored bundle must not depend on the source folder
     x = np.ones((1, 4), np.float32)
     np.testing.assert_allclose(gpux.load("ext").run({"x": x})["y"], models.mlp_expected(x), rtol=1e-6)
 
 
-def test_failed_publish_leaves_the_old_bundle_and_no_partial_one(tmp_path: Path, model_dir: Path,
-                                                                 gpux_home: Path) -> None:
+def test_failed_publish_leaves_the_old_model_and_no_partial_file(tmp_path: Path, model_dir: Path,
+                                                                  gpux_home: Path) -> None:
     from gpux.config import manifest_from_config
+    from gpux.store import blobs
 
     proj = _project(tmp_path, model_dir, BASE)
     store = local.Store()
     manifest, files = manifest_from_config(load_config(proj / "gpux.yml"), proj)
     store.publish(manifest, files)
-    before = (store.path("tiny-mlp") / "manifest.json").read_text()
+    before = store.manifest_path("tiny-mlp", "latest").read_text()
+    stored_blobs = store.blobs.all()
+    models.mlp(proj / "mlp.onnx", metadata={"version": "2"})  # new bytes: a new blob to write
 
-    def boom(staging: Path) -> None:
+    def boom(tmp: Path) -> None:
         raise OSError(28, "No space left on device")
 
-    local.before_publish = boom
+    blobs.before_commit = boom
     try:
         manifest2, files2 = manifest_from_config(load_config(proj / "gpux.yml"), proj)
         with pytest.raises(StoreError, match="No space left"):
             store.publish(manifest2, files2)
     finally:
-        local.before_publish = None
-    assert (store.path("tiny-mlp") / "manifest.json").read_text() == before
-    assert list((gpux_home / "tmp").iterdir()) == []
+        blobs.before_commit = None
+    assert store.manifest_path("tiny-mlp", "latest").read_text() == before
+    assert store.blobs.all() == stored_blobs
+    assert [p.name for p in (gpux_home / "tmp").iterdir()] == []
     assert gpux.load("tiny-mlp").run({"x": [[0, 0, 0, 0]]})["y"].shape == (1, 3)
 
 

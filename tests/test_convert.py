@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import hf_models
+from gpux.store.local import Store
 from conftest import gpux as cli
 
 TEXTS = ["I loved this film.", "Terrible, never again", "it was fine I guess, nothing special at all"]
@@ -50,7 +51,7 @@ def test_text_classification_end_to_end(tmp_path_factory: pytest.TempPathFactory
     assert pulled.returncode == 0, pulled.stderr
     ref = pulled.stdout.strip()
     assert ref == f"tiny-{family}:text-classification"
-    manifest = json.loads((home / "models" / f"tiny-{family}" / "text-classification" / "manifest.json").read_text())
+    manifest = json.loads(Store(home).manifest_path(f"tiny-{family}", "text-classification").read_text())
     parity = manifest["conversion"]["parity"]
     assert parity["cosine_min"] >= 0.999 and len(parity["cases"]) == 3
     assert manifest["conversion"]["exporter"] == "torch.onnx.export(dynamo=True)"
@@ -118,7 +119,7 @@ def test_unsupported_task_lists_supported_ones(tmp_path: Path, home: Path) -> No
     assert res.returncode == 7
     assert "cannot tell a supported task" in res.stderr and "BertForMaskedLM" in res.stderr
     assert "feature-extraction, text-classification" in res.stderr
-    assert not (home / "models" / "mlm").exists()
+    assert Store(home).tags("mlm") == []
     # --task overrides the metadata; an unknown task is refused with the list.
     res = cli("pull", str(folder), "--task", "translation", env=_env(home))
     assert res.returncode == 7 and "task 'translation' is not supported" in res.stderr

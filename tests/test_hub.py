@@ -12,6 +12,7 @@ import pytest
 import hf_models
 from conftest import gpux as cli
 from gpux.errors import ModelNotFoundError, RegistryError
+from gpux.store.local import Store
 from hf_server import HubServer
 
 REPO = "acme/tiny-bert"
@@ -39,7 +40,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, hub: HubServer) -> dict[str, s
 
 
 def _manifest(env: dict[str, str], name: str, tag: str) -> dict:
-    return json.loads((Path(env["GPUX_HOME"]) / "models" / name / tag / "manifest.json").read_text())
+    return json.loads(Store(Path(env["GPUX_HOME"])).manifest_path(name, tag).read_text())
 
 
 def test_pull_pins_the_commit_and_fetches_only_needed_files(hub: HubServer, env: dict[str, str]) -> None:

@@ -31,7 +31,9 @@ def build(
     # Load once from the source on CPU: proves the graph loads and the declarations fit it,
     # whatever provider the config asks for at run time.
     checked = load(Bundle(src_root, manifest), "cpu", log_level=common.ort_log_level())
-    bundle = Store().publish(manifest, files)
+    store = Store()
+    with store.lock(manifest.name):
+        bundle = store.publish(manifest, files)
     console = common.err_console()
     total = sum(f["size"] for f in bundle.manifest.files.values())
     lines = [f"built {bundle.name}:{tag} ({total / 1e6:.2f} MB, "

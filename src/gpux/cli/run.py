@@ -48,7 +48,7 @@ def run(
     task = for_model(m)
     call: Callable[[], Any] = (lambda: task(feed)) if task is not None else (lambda: m.run(feed))
     if bench:
-        result = _benchmark(m, feed, runs, warmup, call)
+        result = _benchmark(m, feed, runs, warmup, call if task is not None else None)
     else:
         start = time.perf_counter()
         answer = call()
@@ -73,22 +73,28 @@ def _load_or_pull(ref: str, load: Callable[[], Model]) -> Model:
     import sys
 
     from gpux.errors import ModelNotFoundError
-    from gpux.store.local import looks_like_hub_id
+    from gpux.store import stats
+    from gpux.store.blobs import CorruptBlobError
+    from gpux.store.local import home, looks_like_hub_id
 
     try:
-        return load()
-    except ModelNotFoundError:
+        model = load()
+    except (ModelNotFoundError, CorruptBlobError) as exc:
         if not looks_like_hub_id(ref):
             raise
-    common.err_console().print(f"{ref} is not converted yet: pulling it", markup=False, highlight=False)
-    child = subprocess.run([sys.executable, "-m", "gpux", "pull", ref], stdout=sys.stderr)
-    if child.returncode != 0:
-        raise SystemExit(child.returncode)
-    return load()
+        why = "a stored file was corrupt (deleted)" if isinstance(exc, CorruptBlobError) else "not converted yet"
+        common.err_console().print(f"{ref}: {why}; pulling it", markup=False, highlight=False)
+        child = subprocess.run([sys.executable, "-m", "gpux", "pull", ref], stdout=sys.stderr)
+        if child.returncode != 0:
+            raise SystemExit(child.returncode) from None
+        return load()
+    if model.bundle.manifest.files:  # a stored model, not a bare file: count the cache hit
+        stats.record(home(), f"{model.name}:{model.bundle.manifest.tag}", hit=True)
+    return model
 
 
 def _benchmark(m: Model, feed: Mapping[str, Any], runs: int, warmup: int,
-               call: Callable[[], Any]) -> dict[str, Any]:
+               call: Callable[[], Any] | None) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from gpux.bench.runner import benchmark

@@ -1,39 +1,46 @@
-"""Built models under ``$GPUX_HOME`` (default ``~/.gpux``), and turning a user's MODEL into a bundle.
+"""The model store under ``$GPUX_HOME`` (default ``~/.gpux``), and turning a user's MODEL into a bundle.
 
 Layout::
 
     $GPUX_HOME/
-      models/<name>/<tag>/     one bundle folder per built model (see gpux.store.bundle)
-      tmp/                     staging; a bundle is assembled here, then renamed into place
+      blobs/sha256-<hex>                 every stored file once, by content (gpux.store.blobs)
+      manifests/<name>/<tag>.json        what a model is: files by digest, source, key, runtime
+      bundles/<id>/                      a manifest's files under their own names (hard links to
+                                         the blobs, so ONNX external-data references hold) + manifest.json
+      locks/<name>.lock                  serialises pulls and builds of one model across processes
+      stats.json                         cache hits and misses per model (gpux.store.stats)
+      tmp/                               blobs and bundles being assembled
 
-Contract: :meth:`Store.publish` is atomic. A reader sees the old bundle or the
-new one, never a half-copied folder; a failure mid-copy leaves only a staging
-folder in ``tmp/`` that the next publish removes. Files are hashed (sha256)
-while they are copied and the digests land in the manifest.
+Contracts: :meth:`Store.publish` makes every blob durable before the manifest
+that names it is renamed into place, so a reader sees the old model or the new
+one, never a mix. :meth:`Store.get` verifies every blob (see Blobs.check) and
+never returns a bundle with a missing, truncated or corrupt file. Nothing is
+written outside ``$GPUX_HOME`` (the Hugging Face cache is the client's own).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
 from gpux._version import __version__
 from gpux.errors import ModelNotFoundError, StoreError, UsageError
+from gpux.store import stats
+from gpux.store.blobs import Blobs
 from gpux.store.bundle import MANIFEST, Bundle, Manifest
+from gpux.store.lock import file_lock
 
 # A local name, or a Hugging Face id "org/name"; no segment may start with "." (no "..").
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_CHUNK = 1 << 20
-
-#: Test hook: called with the staging folder just before it is renamed into place.
-before_publish: Callable[[Path], None] | None = None
 
 
 def home() -> Path:
@@ -57,37 +64,55 @@ def parse_ref(ref: str) -> tuple[str, str]:
     return name, tag
 
 
+def looks_like_hub_id(ref: str) -> bool:
+    """``org/name`` (optionally ``@revision``) that is not a path on disk."""
+    repo = ref.partition("@")[0]
+    return repo.count("/") == 1 and bool(_NAME.match(repo)) and not Path(repo).exists()
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
+        while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 class Store:
-    """The folder of built models. Safe to share between processes for reading."""
+    """The folder of stored models. Safe for concurrent readers and serialised writers."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root if root is not None else home()
+        self.blobs = Blobs(self.root)
 
-    def path(self, name: str, tag: str = "latest") -> Path:
-        return self.root / "models" / name / tag
+    # -- names -----------------------------------------------------------------------
 
-    def get(self, ref: str) -> Bundle:
-        """The bundle built as ``name[:tag]``; :class:`ModelNotFoundError` if there is none."""
-        name, tag = parse_ref(ref)
-        tag = tag or self._default_tag(name)
-        folder = self.path(name, tag)
-        if not (folder / MANIFEST).is_file():
-            raise ModelNotFoundError(
-                f"no model {ref!r}: not a file or folder, and not in the store {self.root}",
-                hint="pull it with gpux pull ORG/NAME, build it with gpux build DIR, or give an .onnx path")
-        return Bundle.from_dir(folder)
+    def manifest_path(self, name: str, tag: str) -> Path:
+        return self.root / "manifests" / name / f"{tag}.json"
 
     def tags(self, name: str) -> list[str]:
-        folder = self.root / "models" / name
-        return sorted(p.name for p in folder.iterdir() if (p / MANIFEST).is_file()) if folder.is_dir() else []
+        folder = self.root / "manifests" / name
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+    def names(self) -> list[tuple[str, str]]:
+        """Every stored (name, tag)."""
+        base = self.root / "manifests"
+        if not base.is_dir():
+            return []
+        return sorted((str(p.parent.relative_to(base)), p.stem) for p in base.rglob("*.json"))
 
     def _default_tag(self, name: str) -> str:
         tags = self.tags(name)
@@ -97,81 +122,163 @@ class Store:
             return tags[0]
         raise UsageError(f"model {name!r} has several tags: {', '.join(tags)}", hint=f"say which: {name}:{tags[0]}")
 
-    def publish(self, manifest: Manifest, files: Mapping[str, Path]) -> Bundle:
-        """Copy ``files`` (name in bundle -> source path) and ``manifest`` in as one bundle.
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Serialise pulls/builds of ``name`` across processes."""
+        with file_lock(self.root / "locks" / (name.replace("/", "--") + ".lock")):
+            yield
 
-        Replaces an existing bundle of the same name and tag atomically.
-        Raises :class:`StoreError` if the store cannot be written.
-        """
-        final = self.path(manifest.name, manifest.tag)
-        tmp_root = self.root / "tmp"
+    # -- reading -----------------------------------------------------------------------
+
+    def manifest(self, ref: str) -> Manifest:
+        """The stored manifest of ``name[:tag]``, unverified; :class:`ModelNotFoundError` if none."""
+        name, tag = parse_ref(ref)
+        tag = tag or self._default_tag(name)
+        path = self.manifest_path(name, tag)
         try:
-            tmp_root.mkdir(parents=True, exist_ok=True)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=manifest.name.replace("/", "--") + "-", dir=tmp_root))
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelNotFoundError(
+                f"no model {ref!r}: not a file or folder, and not in the store {self.root}",
+                hint="pull it with gpux pull ORG/NAME, build it with gpux build DIR, or give an .onnx path") from None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path} cannot be read: {exc}", hint=f"gpux rm {name}:{tag}, then pull or build it") from exc
+        return Manifest.from_dict(data, path)
+
+    def get(self, ref: str) -> Bundle:
+        """The verified bundle of ``name[:tag]``.
+
+        Raises :class:`ModelNotFoundError` if nothing is stored under that
+        name, and :class:`~gpux.store.blobs.CorruptBlobError` (after deleting
+        the bad blob) if a file does not match its digest.
+        """
+        manifest = self.manifest(ref)
+        changed = False
+        for entry in manifest.files.values():
+            now = self.blobs.check(entry["sha256"], entry["size"], entry.get("verified"))
+            if now != entry.get("verified"):
+                entry["verified"], changed = now, True
+        if changed:  # remember the verification so the next read costs one stat per file
+            _write_atomic(self.manifest_path(manifest.name, manifest.tag), manifest.to_json().encode())
+        return Bundle(self._materialize(manifest), manifest)
+
+    def _materialize(self, manifest: Manifest) -> Path:
+        """The bundle folder for ``manifest``: hard links to its blobs under their names."""
+        folder = self.root / "bundles" / self._materialize_id(manifest)
+        if folder.is_dir() and all(_same_file(folder / n, self.blobs.path(e["sha256"]))
+                                   for n, e in manifest.files.items()):
+            return folder
+        staging = Path(tempfile.mkdtemp(prefix="bundle-", dir=self._tmp()))
+        try:
+            for name, entry in manifest.files.items():
+                dst = staging / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(self.blobs.path(entry["sha256"]), dst)
+                except OSError:  # no hard links on this filesystem: a copy still works
+                    shutil.copyfile(self.blobs.path(entry["sha256"]), dst)
+            (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+            staging.chmod(0o755)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                os.replace(staging, folder)
+            except OSError:  # another process materialised it first
+                pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder
+
+    def _tmp(self) -> Path:
+        tmp = self.root / "tmp"
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot write to the model store {self.root}: {exc.strerror}",
                              hint="set GPUX_HOME to a writable folder") from exc
+        return tmp
+
+    # -- writing -----------------------------------------------------------------------
+
+    def publish(self, manifest: Manifest, files: Mapping[str, Path]) -> Bundle:
+        """Store ``files`` (name in bundle -> source path) as blobs, then ``manifest`` naming them.
+
+        Replaces an existing manifest of the same name and tag atomically; the
+        previous model stays readable until the new manifest lands. Raises
+        :class:`StoreError` if the store cannot be written.
+        """
+        self._tmp()
+        for rel, src in files.items():
+            digest, size = self.blobs.put(src)
+            manifest.files[rel] = {"sha256": digest, "size": size,
+                                   "verified": self.blobs.check(digest, size, None)}
+        manifest.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest.gpux_version = __version__
         try:
-            for rel, src in files.items():
-                manifest.files[rel] = _copy_hashed(src, staging / rel)
-            manifest.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            manifest.gpux_version = __version__
-            _write_synced(staging / MANIFEST, manifest.to_json().encode())
-            staging.chmod(0o755)  # mkdtemp makes 0700; a bundle is readable like any file
-            if before_publish is not None:
-                before_publish(staging)
-            old = None
-            if final.exists():
-                old = Path(tempfile.mkdtemp(prefix="old-", dir=tmp_root))
-                os.replace(final, old / "b")
-            os.replace(staging, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            _write_atomic(self.manifest_path(manifest.name, manifest.tag), manifest.to_json().encode())
         except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
             raise StoreError(f"could not store model {manifest.name!r}: {exc}",
                              hint="check free disk space and permissions of GPUX_HOME") from exc
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return Bundle.from_dir(final)
+        return self.get(f"{manifest.name}:{manifest.tag}")
+
+    def remove(self, ref: str) -> list[str]:
+        """Delete ``name[:tag]`` (every tag when none is given) and the blobs no other model uses."""
+        name, tag = parse_ref(ref)
+        tags = [tag] if tag else self.tags(name)
+        if not tags or (tag and not self.manifest_path(name, tag).is_file()):
+            raise ModelNotFoundError(f"no model {ref!r} in the store {self.root}", hint="gpux ls lists what is stored")
+        with self.lock(name):
+            for t in tags:
+                self.manifest_path(name, t).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (self.root / "manifests" / name).rmdir()
+        if not tag:
+            stats.forget(self.root, name)
+        self.prune()
+        return [f"{name}:{t}" for t in tags]
+
+    def prune(self) -> int:
+        """Delete blobs and bundle folders no manifest names, and stale temp files; returns bytes freed."""
+        live: set[str] = set()
+        live_bundles: set[str] = set()
+        for name, tag in self.names():
+            with contextlib.suppress(ModelNotFoundError, StoreError, OSError):
+                m = self.manifest(f"{name}:{tag}")
+                live.update(e["sha256"] for e in m.files.values())
+                live_bundles.add(self._materialize_id(m))
+        freed = 0
+        for digest, size in self.blobs.all().items():
+            if digest not in live:
+                self.blobs.path(digest).unlink(missing_ok=True)
+                freed += size
+        for folder in (self.root / "bundles").glob("*") if (self.root / "bundles").is_dir() else []:
+            if folder.name not in live_bundles:
+                shutil.rmtree(folder, ignore_errors=True)
+        return freed
+
+    @staticmethod
+    def _materialize_id(manifest: Manifest) -> str:
+        return hashlib.sha256(json.dumps(sorted((k, v["sha256"]) for k, v in manifest.files.items()))
+                              .encode()).hexdigest()[:20]
+
+    def size(self, manifest: Manifest) -> int:
+        return sum(int(e["size"]) for e in manifest.files.values())
 
 
-def _copy_hashed(src: Path, dst: Path) -> dict[str, object]:
-    """Copy while hashing, fsync, and return the file's digest and size."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    size = 0
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while chunk := fin.read(_CHUNK):
-            h.update(chunk)
-            fout.write(chunk)
-            size += len(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
-    return {"sha256": h.hexdigest(), "size": size}
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def looks_like_hub_id(ref: str) -> bool:
-    """``org/name`` (optionally ``@revision``) that is not a path on disk."""
-    repo = ref.partition("@")[0]
-    return repo.count("/") == 1 and bool(_NAME.match(repo)) and not Path(repo).exists()
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def resolve(ref: str, store: Store | None = None) -> Bundle:
     """Turn a user's MODEL argument into a bundle.
 
     In order: an existing ``.onnx`` file; a folder with a manifest; a folder
-    with a ``gpux.yml`` (used as-is, without building); a built model
-    ``name[:tag]`` in the store.
+    with a ``gpux.yml`` (used as-is, without building); a stored model
+    ``name[:tag]``.
     """
     path = Path(ref).expanduser()
     if path.is_file():
