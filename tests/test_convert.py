@@ -159,3 +159,31 @@ def test_missing_folder_is_not_found(tmp_path: Path, home: Path) -> None:
     res = cli("pull", str(empty), env=_env(home))
     assert res.returncode == 3 and "no config.json" in res.stderr
     shutil.rmtree(empty)
+
+
+def test_concurrent_pulls_convert_once(tmp_path: Path) -> None:
+    folder = hf_models.tiny(tmp_path / "tiny-race", "distilbert")
+    hf_models.set_architectures(folder, ["DistilBertForSequenceClassification"])
+    env = {**__import__("os").environ, "GPUX_HOME": str(tmp_path / "home")}
+    procs = [subprocess.Popen([sys.executable, "-m", "gpux", "pull", str(folder)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    stderr = "".join(err for _, err in outs)
+    assert stderr.count("pulled tiny-race:text-classification") == 1 and stderr.count("is up to date") == 1
+    assert Store(tmp_path / "home").names() == [("tiny-race", "text-classification")]
+
+
+def test_run_repulls_a_model_whose_stored_file_is_corrupt(home: Path) -> None:
+    assert cli("pull", "sentence-transformers/all-MiniLM-L6-v2", env=_env(home)).returncode == 0
+    store = Store(home)
+    entry = store.manifest("sentence-transformers/all-MiniLM-L6-v2").files["model.onnx"]
+    blob = store.blobs.path(entry["sha256"])
+    blob.chmod(0o644)
+    with open(blob, "r+b") as fh:  # flip bytes in place: same size, new content
+        fh.seek(entry["size"] // 2)
+        fh.write(b"\xff" * 16)
+    res = cli("run", "sentence-transformers/all-MiniLM-L6-v2", "-i", '{"inputs": "hello"}', env=_env(home))
+    assert res.returncode == 0, res.stderr
+    assert "corrupt" in res.stderr and len(json.loads(res.stdout)["embeddings"][0]) == 384
+    assert store.blobs.check(entry["sha256"], entry["size"], None)  # the re-pulled blob verifies

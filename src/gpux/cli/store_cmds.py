@@ -67,7 +67,9 @@ def ls(
             continue
         table.add_row(f"{r['name']}:{r['tag']}", r["task"] or "-", f"{r['size_bytes'] / 1e6:.1f} MB", r["revision"],
                       _ago(r["last_used"]), *((str(r["hits"]), str(r["misses"])) if show_stats else ()))
-    console = Console()
+    import sys
+
+    console = Console() if sys.stdout.isatty() else Console(width=250)  # pipes get whole names
     console.print(table)
     if show_stats:
         console.print(f"cache: {hits} hits, {misses} misses, hit rate "
