@@ -142,3 +142,12 @@ def test_unknown_repo_in_process(client: Path) -> None:
 
     with pytest.raises(ModelNotFoundError, match="on the Hub"):
         registry_hub.fetch("acme/missing")
+
+
+def test_run_with_a_revision_uses_or_pulls_that_revision(hub: HubServer, env: dict[str, str]) -> None:
+    assert cli("pull", REPO, env=env).returncode == 0
+    res = cli("run", f"{REPO}@main", "-i", json.dumps({"inputs": "x"}), env=env)
+    assert res.returncode == 0 and "pulling" not in res.stderr, res.stderr
+    res = cli("run", f"{REPO}@{hub.sha(REPO, 'v2')}", "-i", json.dumps({"inputs": "x"}), env=env)
+    assert res.returncode == 0 and "pulling" in res.stderr, res.stderr
+    assert _manifest(env, REPO, "text-classification")["source"]["sha"] == hub.sha(REPO, "v2")

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from gpux._version import __version__
-from gpux.errors import ModelNotFoundError, StoreError, UsageError
+from gpux.errors import GpuxError, ModelNotFoundError, StoreError, UsageError
 from gpux.store import stats
 from gpux.store.blobs import Blobs
 from gpux.store.bundle import MANIFEST, Bundle, Manifest
@@ -113,6 +113,17 @@ class Store:
         if not base.is_dir():
             return []
         return sorted((str(p.parent.relative_to(base)), p.stem) for p in base.rglob("*.json"))
+
+    def find_revision(self, name: str, revision: str) -> str:
+        """``name:tag`` of the stored conversion of Hub ``revision`` (a branch, tag or sha prefix)."""
+        for tag in self.tags(name):
+            with contextlib.suppress(GpuxError):
+                source = self.manifest(f"{name}:{tag}").source
+                if revision in (source.get("revision"), source.get("sha")) or (
+                        len(revision) >= 7 and str(source.get("sha", "")).startswith(revision)):
+                    return f"{name}:{tag}"
+        raise ModelNotFoundError(f"no stored conversion of {name}@{revision}",
+                                 hint=f"pull it with gpux pull {name}@{revision}")
 
     def _default_tag(self, name: str) -> str:
         tags = self.tags(name)
@@ -301,4 +312,7 @@ def resolve(ref: str, store: Store | None = None) -> Bundle:
     looks_like_path = ref.startswith((".", "/", "~")) or ref.endswith(".onnx") or ref.count("/") > 1
     if looks_like_path:
         raise ModelNotFoundError(f"no such file or folder: {ref}", hint="check the path")
-    return (store or Store()).get(ref)
+    store = store or Store()
+    if "@" in ref:
+        return store.get(store.find_revision(*ref.split("@", 1)))
+    return store.get(ref)
