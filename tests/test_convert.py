@@ -54,7 +54,7 @@ def test_text_classification_end_to_end(tmp_path_factory: pytest.TempPathFactory
     manifest = json.loads(Store(home).manifest_path(f"tiny-{family}", "text-classification").read_text())
     parity = manifest["conversion"]["parity"]
     assert parity["cosine_min"] >= 0.999 and len(parity["cases"]) == 3
-    assert manifest["conversion"]["exporter"] == "torch.onnx.export(dynamo=True)"
+    assert manifest["conversion"]["exporter"] == "torchscript" and manifest["conversion"]["rejected_exporters"] == {}
 
     res = cli("run", ref, "--input", json.dumps({"inputs": TEXTS}), env=_env(home))
     assert res.returncode == 0, res.stderr
@@ -187,3 +187,13 @@ def test_run_repulls_a_model_whose_stored_file_is_corrupt(home: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "corrupt" in res.stderr and len(json.loads(res.stdout)["embeddings"][0]) == 384
     assert store.blobs.check(entry["sha256"], entry["size"], None)  # the re-pulled blob verifies
+
+
+def test_dynamo_exporter_also_passes_parity(tmp_path: Path) -> None:
+    """The fallback exporter is kept working: a RoBERTa classifier through torch.export."""
+    from gpux.convert.export import export
+
+    folder = hf_models.tiny(tmp_path / "dyn", "roberta")
+    done = export(folder, "text-classification", tmp_path / "model.onnx", exporters=("dynamo",))
+    assert done.exporter == "dynamo" and done.parity["cosine_min"] >= 0.999
+    assert [c["batch"] for c in done.parity["cases"]] == [1, 2, 4]

@@ -1,9 +1,12 @@
-"""Hugging Face encoder -> ONNX with ``torch.onnx.export(dynamo=True)``, then a parity check.
+"""Hugging Face encoder -> ONNX, then a parity check against PyTorch.
 
-Why this exporter (measured here, see docs/convert.md): with transformers 5.x the
-TorchScript exporter produced graphs that disagreed with PyTorch (max-abs 1.3 on
-real tokens of all-MiniLM-L6-v2), while the dynamo exporter matched to 4e-6;
-optimum-onnx 0.1.0 caps transformers below 4.58. Only this module imports torch.
+Exporters are tried in order (see docs/convert.md for the measurements behind
+it): torch's TorchScript exporter first (about 1 s for MiniLM, and the graph
+shape onnxruntime's attention fusion knows), then ``dynamo=True`` (slower but
+covers more models) if the first raises or fails parity. The TorchScript
+exporter leaves the module in training mode, so ``eval()`` is restored after
+it: otherwise dropout makes PyTorch itself disagree with the graph. Only this
+module imports torch.
 """
 
 from __future__ import annotations
@@ -33,14 +36,20 @@ PARITY_MIN_COSINE = 0.999
 PARITY_CASES = ((1, 8), (2, 32), (4, 61))
 
 
+EXPORTERS = ("torchscript", "dynamo")
+
+
 @dataclass
 class Exported:
     path: Path
     architecture: Architecture
     output: str
+    exporter: str = ""
     parity: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)
+    #: Exporters tried before the one that worked, with why they were passed over.
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
 def _load(folder: Path, task: str, allow_pickle: bool) -> tuple[Any, Architecture]:
@@ -73,11 +82,31 @@ def _examples(arch: Architecture, vocab: int, batch: int, seq: int, seed: int) -
     return {k: feed[k] for k in arch.inputs}
 
 
-def export(folder: Path, task: str, out: Path, *, allow_pickle: bool = False) -> Exported:
+def _run_exporter(kind: str, wrapper: Any, example: dict[str, Any], out: Path, output: str) -> None:
+    import torch
+
+    names = list(example)
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter; failures still raise
+        if kind == "torchscript":
+            axes = {k: {0: "batch", 1: "sequence"} for k in names}
+            axes[output] = {0: "batch"} if output == "logits" else {0: "batch", 1: "sequence"}
+            torch.onnx.export(wrapper, tuple(example.values()), str(out), input_names=names, output_names=[output],
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        else:
+            batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=8192)
+            torch.onnx.export(wrapper, tuple(example.values()), str(out), input_names=names, output_names=[output],
+                              dynamic_shapes={k: {0: batch, 1: seq} for k in names}, opset_version=OPSET,
+                              dynamo=True, external_data=False, verbose=False)
+    wrapper.eval()  # the TorchScript exporter leaves the module in training mode
+
+
+def export(folder: Path, task: str, out: Path, *, allow_pickle: bool = False,
+           exporters: tuple[str, ...] = EXPORTERS) -> Exported:
     """Export the model in ``folder`` for ``task`` to ``out`` and check parity.
 
     Raises :class:`ConvertError` for unsupported architectures, pickle-only
-    weights without ``allow_pickle``, exporter failures and failed parity.
+    weights without ``allow_pickle``, and when every exporter fails or misses parity.
     """
     import torch
     import transformers
@@ -102,20 +131,22 @@ def export(folder: Path, task: str, out: Path, *, allow_pickle: bool = False) ->
 
     vocab = int(getattr(model.config, "vocab_size", 1000))
     example = _examples(arch, vocab, 2, 16, seed=0)
-    batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=8192)
-    try:
-        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # exporter chatter; failures still raise
-            torch.onnx.export(
-                Wrapper().eval(), tuple(example.values()), str(out), input_names=list(arch.inputs),
-                output_names=[output], dynamic_shapes={k: {0: batch, 1: seq} for k in arch.inputs},
-                opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
-    except Exception as exc:  # the exporter raises many unrelated types
-        raise ConvertError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-                           hint="run with -v for the exporter's trace") from exc
-    parity = check_parity(model, arch, out, output, vocab)
-    return Exported(out, arch, output, parity, time.perf_counter() - start,
-                    {"torch": torch.__version__, "transformers": transformers.__version__})
+    rejected: dict[str, str] = {}
+    for kind in exporters:
+        try:
+            _run_exporter(kind, Wrapper().eval(), example, out, output)
+            parity = check_parity(model, arch, out, output, vocab)
+        except ConvertError as exc:
+            rejected[kind] = exc.message
+            continue
+        except Exception as exc:  # exporters raise many unrelated types
+            rejected[kind] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            continue
+        return Exported(out, arch, output, kind, parity, time.perf_counter() - start,
+                        {"torch": torch.__version__, "transformers": transformers.__version__}, rejected)
+    detail = "; ".join(f"{k}: {v}" for k, v in rejected.items())
+    raise ConvertError(f"no exporter produced a matching ONNX model ({detail})",
+                       hint="run with -v for details; try --task or another revision")
 
 
 def check_parity(model: Any, arch: Architecture, path: Path, output: str, vocab: int) -> dict[str, Any]:

@@ -89,8 +89,9 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
             name=name, tag=task, task=task, graphs={"model": "model.onnx"},
             assets={"tokenizer": "tokenizer.json", "task_config": TASK_CONFIG},
             source=source,
-            conversion={"exporter": "torch.onnx.export(dynamo=True)", "opset": OPSET, "dtype": "float32",
-                        "seconds": round(exported.seconds, 3), "parity": exported.parity, **exported.versions},
+            conversion={"exporter": exported.exporter, "rejected_exporters": exported.rejected, "opset": OPSET,
+                        "dtype": "float32", "seconds": round(exported.seconds, 3), "parity": exported.parity,
+                        **exported.versions},
         )
         files = {"model.onnx": exported.path, "tokenizer.json": folder / "tokenizer.json",
                  TASK_CONFIG: Path(work) / TASK_CONFIG}
