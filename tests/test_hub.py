@@ -151,3 +151,15 @@ def test_run_with_a_revision_uses_or_pulls_that_revision(hub: HubServer, env: di
     res = cli("run", f"{REPO}@{hub.sha(REPO, 'v2')}", "-i", json.dumps({"inputs": "x"}), env=env)
     assert res.returncode == 0 and "pulling" in res.stderr, res.stderr
     assert _manifest(env, REPO, "text-classification")["source"]["sha"] == hub.sha(REPO, "v2")
+
+
+def test_network_down_uses_the_cached_copy(hub: HubServer, env: dict[str, str]) -> None:
+    assert cli("pull", REPO, env=env).returncode == 0
+    hub.stop()
+    try:
+        res = cli("pull", REPO, env=env)
+        assert res.returncode == 0 and "is up to date" in res.stderr, res.stderr
+        res = cli("run", REPO, "-i", json.dumps({"inputs": "offline"}), env=env)
+        assert res.returncode == 0, res.stderr
+    finally:
+        hub.start()

@@ -68,3 +68,9 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    except Exception as exc:  # a bug: say so in one line; -v shows where
+        if common.state["verbose"]:
+            raise
+        sys.stderr.write(f"error: internal error: {type(exc).__name__}: {exc} "
+                         "(run with -v for the traceback, and please report it)\n")
+        sys.exit(1)

@@ -25,9 +25,12 @@ def pull(
     from gpux.store import stats
     from gpux.store.local import Store
 
-    located = locate(model, revision, allow_pickle)
-    store = Store()
+    from gpux.cli.progress import download_progress, rich_tqdm
+
     console = common.err_console()
+    with download_progress(console) as progress:
+        located = locate(model, revision, allow_pickle, rich_tqdm(progress, f"downloading {model}"))
+    store = Store()
     with store.lock(located.name):  # a second pull of the same model waits, then finds it stored
         hit = None if force else _stored(store, located.name, located.source, task)
         if hit is not None:

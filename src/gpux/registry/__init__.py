@@ -30,7 +30,8 @@ def split_revision(ref: str) -> tuple[str, str | None]:
     return repo, (rev or None) if at else None
 
 
-def locate(ref: str, revision: str | None = None, allow_pickle: bool = False) -> Located:
+def locate(ref: str, revision: str | None = None, allow_pickle: bool = False,
+           tqdm_class: type | None = None) -> Located:
     """Find the files of ``ref``; raises :class:`ModelNotFoundError` naming what was tried."""
     repo, rev = split_revision(ref)
     revision = revision or rev
@@ -46,4 +47,4 @@ def locate(ref: str, revision: str | None = None, allow_pickle: bool = False) ->
         return Located(repo, folder, {"kind": "package", "repo": repo, "package": dist})
     from gpux.registry import hub
 
-    return hub.fetch(repo, revision, allow_pickle)
+    return hub.fetch(repo, revision, allow_pickle, tqdm_class)

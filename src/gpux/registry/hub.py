@@ -75,11 +75,13 @@ def corrupt_files(folder: Path) -> list[Path]:
     return bad
 
 
-def fetch(repo: str, revision: str | None = None, allow_pickle: bool = False) -> Located:
+def fetch(repo: str, revision: str | None = None, allow_pickle: bool = False,
+          tqdm_class: type | None = None) -> Located:
     """Download (or reuse from the cache) the files of ``repo`` at ``revision``.
 
     Large files are checked against their sha256; a corrupt one is deleted and
     downloaded once more, and a second failure is a :class:`RegistryError`.
+    ``tqdm_class`` is handed to the client for progress display.
     """
     from huggingface_hub import snapshot_download
 
@@ -88,7 +90,8 @@ def fetch(repo: str, revision: str | None = None, allow_pickle: bool = False) ->
     patterns = ALLOW + (PICKLE if allow_pickle else [])
     for attempt in (1, 2):
         with map_hub_errors(repo, revision):
-            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns,
+                                            tqdm_class=tqdm_class))
         bad = corrupt_files(folder)
         if not bad:
             break
