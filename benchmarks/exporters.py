@@ -9,7 +9,6 @@ Writes benchmarks/results/exporters.json and .md. Run: ``make bench``.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -20,6 +19,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import env_line, write  # noqa: E402
 
 
 def main() -> None:
@@ -59,13 +61,7 @@ def main() -> None:
                                                      "p75": float(np.percentile(lat, 75))}}
     report = {"model": "sentence-transformers/all-MiniLM-L6-v2 (feature-extraction)", "exporters": rows,
               "environment": environment(("torch", "transformers", "onnxscript")), "date": time.strftime("%Y-%m-%d")}
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "exporters.json").write_text(json.dumps(report, indent=2) + "\n")
-    env = report["environment"]
-    lines = ["# Exporters on all-MiniLM-L6-v2", "",
-             f"Measured by `benchmarks/exporters.py` on {env['cpu']} ({env['cores_logical']} cores), "
-             + ", ".join(f"{k} {v}" for k, v in env["packages"].items()) + ".", "",
+    lines = ["# Exporters on all-MiniLM-L6-v2", "", env_line("exporters.py", report["environment"]), "",
              "| exporter | load + export + parity s (median of 3) | parity cosine min | max-abs | graph MB | ORT ms (b1, 128 tok, p25–p75) |",
              "|---|---:|---:|---:|---:|---:|"]
     for kind, r in rows.items():
@@ -74,8 +70,7 @@ def main() -> None:
                      f"{r['parity']['max_abs']:.2e} | {r['graph_bytes'] / 1e6:.1f} | "
                      f"{lat['median']:.2f} ({lat['p25']:.2f}–{lat['p75']:.2f}) |")
     lines.append("")
-    (out_dir / "exporters.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write("exporters", report, "\n".join(lines))
 
 
 if __name__ == "__main__":

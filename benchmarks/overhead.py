@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,9 @@ from typing import Any
 # RSS (ru_maxrss) starts at its parent's size.
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import RESULTS, env_line, spread, write  # noqa: E402
 EXAMPLE = ROOT / "examples" / "silero-vad"
 
 PLAIN_SCRIPT = """\
@@ -39,21 +40,6 @@ d = json.load(open(sys.argv[2]))
 feed = {i.name: np.asarray(d[i.name], np.float32 if "float" in i.type else np.int64) for i in s.get_inputs()}
 print(json.dumps({o.name: v.tolist() for o, v in zip(s.get_outputs(), s.run(None, feed))}))
 """
-
-
-def _pct(sorted_xs: list[float], p: float) -> float:
-    """Linear-interpolated percentile (numpy's default method), stdlib only."""
-    k = (len(sorted_xs) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (k - lo)
-
-
-def spread(samples: list[float]) -> dict[str, float]:
-    """Median with the quartiles and the p5..p95 range: the spread every figure carries."""
-    xs = sorted(samples)
-    out = {f"p{p}": _pct(xs, p) for p in (5, 25, 75, 95)}
-    return {"median": statistics.median(xs), **out, "n": len(xs)}
 
 
 def tiny_model(path: Path, width: int) -> Path:
@@ -143,7 +129,9 @@ def processes(rounds: int) -> dict[str, Any]:
     env = {**os.environ, "GPUX_HOME": home}
     gpux_bin = [sys.executable, "-m", "gpux"]
     subprocess.run([*gpux_bin, "build", str(EXAMPLE)], check=True, env=env, capture_output=True)
-    graph = Path(home) / "models" / "silero-vad" / "latest" / "silero_vad.onnx"
+    info = subprocess.run([*gpux_bin, "inspect", "silero-vad", "--json"], check=True, env=env,
+                          capture_output=True, text=True).stdout
+    graph = Path(json.loads(info)["graphs"]["model"]["file"])  # the stored bundle's graph
     script = Path(home) / "plain.py"
     script.write_text(PLAIN_SCRIPT)
     feed = str(EXAMPLE / "input.json")
@@ -186,8 +174,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# gpux overhead vs plain onnxruntime",
         "",
-        f"Measured by `benchmarks/overhead.py` on {env['cpu']} ({env['cores_logical']} cores), "
-        f"Python {env['python']}, " + ", ".join(f"{k} {v}" for k, v in env["packages"].items()) + ".",
+        env_line("overhead.py", env),
         "",
         f"## Per call ({pc['model']}, {pc['calls_each']} interleaved calls each)",
         "",
@@ -245,11 +232,7 @@ def main() -> None:
         path = tiny_model(Path(tmp) / "tiny.onnx", 64)
         result = {"per_call": per_call(path, args.calls), "processes": procs,
                   "environment": environment(), "date": time.strftime("%Y-%m-%d")}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = markdown(result)
-    (args.out / "overhead.md").write_text(md)
-    print(md)
+    write("overhead", result, markdown(result), args.out)
 
 
 if __name__ == "__main__":

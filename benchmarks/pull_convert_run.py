@@ -25,6 +25,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import RESULTS, env_line, spread, write  # noqa: E402
 
 REPO = "sentence-transformers/all-MiniLM-L6-v2"
 TEXTS = json.dumps({"inputs": ["gpux runs models anywhere", "the cache makes the second run instant"]})
@@ -43,14 +46,6 @@ print(e.shape)
 """
 
 
-def spread(xs: list[float]) -> dict[str, float]:
-    import numpy as np
-
-    q = np.percentile(xs, [5, 25, 50, 75, 95])
-    return {"median": float(q[2]), "p5": float(q[0]), "p25": float(q[1]), "p75": float(q[3]),
-            "p95": float(q[4]), "n": len(xs)}
-
-
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     t = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -64,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cold", type=int, default=3)
     ap.add_argument("--warm", type=int, default=10)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
     import hf_models
@@ -111,11 +106,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     shutil.rmtree(work, ignore_errors=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pull_convert_run.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
-    (args.out / "pull_convert_run.md").write_text(md)
-    print(md)
+    write("pull_convert_run", report, markdown(report), args.out)
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -123,9 +114,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# Pull + convert + run: {r['model']}",
         "",
-        f"Measured by `benchmarks/pull_convert_run.py` on {env['cpu']} ({env['cores_logical']} cores), Python "
-        f"{env['python']}, " + ", ".join(f"{k} {v}" for k, v in env["packages"].items()) + ". Files served by a "
-        "Hub-compatible server on 127.0.0.1 (no network latency), fetched by huggingface_hub.",
+        env_line("pull_convert_run.py", env) + " Files served by a Hub-compatible server on 127.0.0.1 "
+        "(no network latency), fetched by huggingface_hub.",
         "",
         "| phase | command | median s | p25–p75 s | runs |",
         "|---|---|---:|---:|---:|",

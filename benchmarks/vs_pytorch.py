@@ -12,7 +12,6 @@ Writes benchmarks/results/vs_pytorch.json and .md. Run: ``make bench``.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -24,6 +23,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import RESULTS, env_line, spread, write  # noqa: E402
 
 WORDS = ("the film was great terrible boring moving slow brilliant plot actors music ending story "
          "never again loved hated fine okay strange beautiful weak strong").split()
@@ -32,12 +34,6 @@ WORDS = ("the film was great terrible boring moving slow brilliant plot actors m
 def sentences(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 60))) for _ in range(n)]
-
-
-def spread(xs: list[float]) -> dict[str, float]:
-    q = np.percentile(xs, [5, 25, 50, 75, 95])
-    return {"median": float(q[2]), "p5": float(q[0]), "p25": float(q[1]), "p75": float(q[3]),
-            "p95": float(q[4]), "n": len(xs)}
 
 
 def flops_per_sequence(cfg: Any, seq: int) -> float:
@@ -52,7 +48,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--runs1", type=int, default=40, help="interleaved calls per path at batch 1")
     ap.add_argument("--runs16", type=int, default=8, help="interleaved calls per path at batch 16")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
     import torch
@@ -138,11 +134,7 @@ def main() -> None:
         "environment": environment(("torch", "transformers")),
         "date": time.strftime("%Y-%m-%d"),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vs_pytorch.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
-    (args.out / "vs_pytorch.md").write_text(md)
-    print(md)
+    write("vs_pytorch", report, markdown(report), args.out)
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -150,8 +142,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# gpux vs PyTorch eager: DistilBERT-base classifier",
         "",
-        f"Measured by `benchmarks/vs_pytorch.py` on {env['cpu']} ({env['cores_logical']} cores, {r['threads']} threads "
-        f"for both), Python {env['python']}, " + ", ".join(f"{k} {v}" for k, v in env["packages"].items()) + ".",
+        env_line("vs_pytorch.py", env, f", {r['threads']} threads for both"),
         f"Sequence length {r['sequence_length']} (padded), fp32. Conversion took {r['convert_seconds']:.1f} s; parity "
         f"cosine {r['parity']['cosine_min']:.6f}; argmax agreement on 64 sentences "
         f"{r['argmax_agreement_64_sentences']:.0%}, logits max-abs diff {r['logits_max_abs_diff']:.2e}.",

@@ -36,7 +36,7 @@ def rich_tqdm(progress: Progress, label: str) -> type[tqdm]:
                 progress.update(self._task, completed=self.n, total=self.total or None)
 
         def update(self, n: float | None = 1) -> bool | None:
-            out = super().update(n)
+            out: bool | None = super().update(n)
             self._mirror()
             return out
 

@@ -37,7 +37,7 @@ def ls(
 
     store = Store()
     counters = stats.load(store.root)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, tag in store.names():
         try:
             m = store.manifest(f"{name}:{tag}")

@@ -36,7 +36,7 @@ class Graph:
         import onnxruntime as ort
 
         self.path = path
-        self._profile_dir = tempfile.mkdtemp(prefix="gpux-prof-") if placement else None
+        self._profile_dir = _profile_dir() if placement else None
         prefix = os.path.join(self._profile_dir, "p") if self._profile_dir else None
         so, self.settings = options.session_options(prefix)
         start = time.perf_counter()
@@ -90,6 +90,18 @@ class Graph:
                 f.unlink(missing_ok=True)
             if prof_dir:
                 os.rmdir(prof_dir)
+
+
+def _profile_dir() -> str:
+    """A private folder for onnxruntime's profile, under $GPUX_HOME/tmp (gpux writes nowhere else)."""
+    from gpux.store.local import home
+
+    tmp = home() / "tmp"
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(prefix="profile-", dir=tmp)
+    except OSError:  # a read-only GPUX_HOME must not stop a run
+        return tempfile.mkdtemp(prefix="gpux-profile-")
 
 
 def count_placement(events: list[dict[str, Any]]) -> dict[str, int]:

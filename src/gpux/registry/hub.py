@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpux.errors import ModelNotFoundError, RegistryError
+from gpux.errors import GpuxError, ModelNotFoundError, RegistryError
 
 if TYPE_CHECKING:
     from gpux.registry import Located
@@ -28,32 +28,39 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 PICKLE = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
 
 
+#: huggingface_hub error (by name, most specific first) -> gpux error, message, what to do next.
+_HUB_ERRORS: tuple[tuple[str, type[GpuxError], str, str], ...] = (
+    ("GatedRepoError", RegistryError, "{repo} is gated on the Hub: its terms must be accepted first",
+     "accept them on the model's page, then set HF_TOKEN"),
+    ("RevisionNotFoundError", ModelNotFoundError, "{repo} has no revision {revision!r}",
+     "use a branch, tag or full commit sha that exists"),
+    ("RepositoryNotFoundError", ModelNotFoundError, "no model {repo!r} on the Hub (or it is private)",
+     "check the id; for a private model set HF_TOKEN"),
+    ("LocalEntryNotFoundError", RegistryError, "cannot reach the Hub for {where} and it is not in the local cache",
+     "check the network (or HF_ENDPOINT); unset HF_HUB_OFFLINE to download"),
+    ("HfHubHTTPError", RegistryError, "the Hub refused {where}: {detail}",
+     "try again later, or check HF_ENDPOINT and HF_TOKEN"),
+)
+
+
 @contextlib.contextmanager
 def map_hub_errors(repo: str, revision: str | None) -> Iterator[None]:
-    """huggingface_hub's errors -> gpux's, each saying what to do next."""
-    from huggingface_hub import errors as e
+    """huggingface_hub's errors -> gpux's, each saying what to do next (one table, first match wins)."""
+    from huggingface_hub import errors
 
-    where = f"{repo}@{revision}" if revision else repo
     try:
         yield
-    except e.GatedRepoError as exc:
-        raise RegistryError(f"{repo} is gated on the Hub: its terms must be accepted first",
-                            hint="accept them on the model's page, then set HF_TOKEN") from exc
-    except e.RevisionNotFoundError as exc:
-        raise ModelNotFoundError(f"{repo} has no revision {revision!r}",
-                                 hint="use a branch, tag or commit sha that exists") from exc
-    except e.RepositoryNotFoundError as exc:
-        raise ModelNotFoundError(f"no model {repo!r} on the Hub (or it is private)",
-                                 hint="check the id; for a private model set HF_TOKEN") from exc
-    except e.LocalEntryNotFoundError as exc:
-        raise RegistryError(f"cannot reach the Hub for {where} and it is not in the local cache",
-                            hint="check the network (or HF_ENDPOINT); unset HF_HUB_OFFLINE to download") from exc
-    except e.HfHubHTTPError as exc:
-        raise RegistryError(f"the Hub refused {where}: {str(exc).splitlines()[0]}",
-                            hint="try again later, or check HF_ENDPOINT and HF_TOKEN") from exc
-    except OSError as exc:
-        raise RegistryError(f"could not download {where}: {exc}",
-                            hint="check the network, free disk space and HF_HOME") from exc
+    except Exception as exc:
+        fields = {"repo": repo, "revision": revision, "where": f"{repo}@{revision}" if revision else repo,
+                  "detail": (str(exc).splitlines() or [type(exc).__name__])[0]}
+        for name, gpux_error, message, hint in _HUB_ERRORS:
+            foreign = getattr(errors, name, None)
+            if isinstance(foreign, type) and isinstance(exc, foreign):
+                raise gpux_error(message.format(**fields), hint=hint) from exc
+        if isinstance(exc, OSError):
+            raise RegistryError(f"could not download {fields['where']}: {exc}",
+                                hint="check the network, free disk space and HF_HOME") from exc
+        raise
 
 
 def corrupt_files(folder: Path) -> list[Path]:

@@ -16,11 +16,14 @@ if TYPE_CHECKING:
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     """Pool [batch, seq, dim] token states over real tokens; matches sentence-transformers' Pooling."""
     if mode == "cls":
-        return hidden[:, 0]
+        out: np.ndarray = hidden[:, 0]
+        return out
     m = mask[..., None].astype(hidden.dtype)
     if mode == "max":
-        return np.where(m > 0, hidden, np.finfo(hidden.dtype).min).max(axis=1)
-    return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+        out = np.where(m > 0, hidden, np.finfo(hidden.dtype).min).max(axis=1)
+    else:
+        out = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+    return out
 
 
 class Embeddings:
