@@ -17,6 +17,7 @@ from gpux.cli import common
 from gpux.cli import inspect as inspect_cmd
 from gpux.cli import pull as pull_cmd
 from gpux.cli import run as run_cmd
+from gpux.cli import serve as serve_cmd
 from gpux.cli import store_cmds
 from gpux.errors import GpuxError
 
@@ -49,6 +50,7 @@ app.command("pull", no_args_is_help=True)(pull_cmd.pull)
 app.command("run", no_args_is_help=True)(run_cmd.run)
 app.command("inspect", no_args_is_help=True)(inspect_cmd.inspect)
 app.command("build", no_args_is_help=True)(build_cmd.build)
+app.command("serve")(serve_cmd.serve)
 app.command("ls")(store_cmds.ls)
 app.command("rm", no_args_is_help=True)(store_cmds.rm)
 app.command("prune")(store_cmds.prune)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,8 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
     store = store or Store()
     config = read_json(folder / "config.json")
     tok = _tokenizer_facts(folder)
-    (store.root / "tmp").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="convert-", dir=store.root / "tmp") as work:
+    work = store.scratch("convert-")
+    try:
         exported = export(folder, task, Path(work) / "model.onnx", allow_pickle=allow_pickle)
         task_cfg: dict[str, Any] = {
             "task": task, "max_length": _max_length(folder, config, exported.architecture.position_offset),
@@ -95,4 +95,6 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
         )
         files = {"model.onnx": exported.path, "tokenizer.json": folder / "tokenizer.json",
                  TASK_CONFIG: Path(work) / TASK_CONFIG}
-        return store.publish(manifest, files)
+        return store.publish(manifest, files, move=frozenset({"model.onnx", TASK_CONFIG}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

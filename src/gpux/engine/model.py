@@ -70,6 +70,10 @@ class Model:
     def settings(self) -> dict[str, Any]:
         return self._default.settings
 
+    def check(self, inputs: Mapping[str, Any], graph: str | None = None) -> Mapping[str, Any]:
+        """Validate and cast ``inputs`` without running: what a server does before queueing a request."""
+        return (self._default if graph is None else self.graphs[graph]).check(inputs)
+
     def run(self, inputs: Mapping[str, Any], graph: str | None = None) -> dict[str, np.ndarray]:
         """Run the default graph (or ``graph``) on ``inputs``; outputs by name."""
         if graph is None:

@@ -77,6 +77,10 @@ class Graph:
             self._finish_placement()
         return dict(zip(self._out_names, outs))
 
+    def check(self, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The validated, cast feed for ``inputs``; raises :class:`~gpux.errors.InputError`."""
+        return self._plan.prepare(inputs)
+
     def _finish_placement(self) -> None:
         """Read which provider ran each node of the first run, then stop profiling."""
         prof_dir, self._profile_dir = self._profile_dir, None

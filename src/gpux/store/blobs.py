@@ -59,8 +59,14 @@ class Blobs:
             raise StoreError(f"invalid blob digest {digest!r}", hint="the manifest is damaged; pull the model again")
         return self.dir / f"sha256-{digest}"
 
-    def put(self, src: Path, expected: str | None = None) -> tuple[str, int]:
-        """Store the bytes of ``src``; returns (sha256, size). Raises :class:`StoreError`."""
+    def put(self, src: Path, expected: str | None = None, move: bool = False) -> tuple[str, int, list[int]]:
+        """Store the bytes of ``src``; returns (sha256, size, verified stamp). Raises :class:`StoreError`.
+
+        With ``move`` (``src`` is a scratch file on the store's filesystem) the
+        file is hashed in place and renamed into ``blobs/`` instead of copied.
+        """
+        if move:
+            return self._adopt(src, expected)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.tmp.mkdir(parents=True, exist_ok=True)
@@ -88,12 +94,34 @@ class Blobs:
             final = self.path(digest)
             tmp.chmod(0o444)
             os.replace(tmp, final)
-            return digest, size
+            return digest, size, stamp(final)
         except OSError as exc:
             raise StoreError(f"could not store {src.name}: {exc}",
                              hint="check free disk space and permissions of GPUX_HOME") from exc
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _adopt(self, src: Path, expected: str | None) -> tuple[str, int, list[int]]:
+        h = hashlib.sha256()
+        try:
+            with open(src, "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    h.update(chunk)
+                os.fsync(fh.fileno())
+            digest = h.hexdigest()
+            if expected is not None and digest != expected:
+                raise CorruptBlobError(f"{src.name}: sha256 {digest[:12]}… is not the expected {expected[:12]}…",
+                                       hint="the source changed or is damaged; fetch it again")
+            if before_commit is not None:
+                before_commit(src)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            final = self.path(digest)
+            src.chmod(0o444)
+            os.replace(src, final)
+            return digest, final.stat().st_size, stamp(final)
+        except OSError as exc:
+            raise StoreError(f"could not store {src.name}: {exc}",
+                             hint="check free disk space and permissions of GPUX_HOME") from exc
 
     def check(self, digest: str, size: int, verified: list[int] | None) -> list[int]:
         """Verify blob ``digest`` of ``size`` bytes; returns its current stamp.

@@ -201,6 +201,10 @@ class Store:
             shutil.rmtree(staging, ignore_errors=True)
         return folder
 
+    def scratch(self, prefix: str) -> Path:
+        """A new folder under ``$GPUX_HOME/tmp`` (same filesystem as the blobs, so files can be moved in)."""
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self._tmp()))
+
     def _tmp(self) -> Path:
         tmp = self.root / "tmp"
         try:
@@ -212,18 +216,19 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------
 
-    def publish(self, manifest: Manifest, files: Mapping[str, Path]) -> Bundle:
+    def publish(self, manifest: Manifest, files: Mapping[str, Path], move: frozenset[str] = frozenset()) -> Bundle:
         """Store ``files`` (name in bundle -> source path) as blobs, then ``manifest`` naming them.
 
-        Replaces an existing manifest of the same name and tag atomically; the
-        previous model stays readable until the new manifest lands. Raises
-        :class:`StoreError` if the store cannot be written.
+        Files named in ``move`` are scratch files under ``$GPUX_HOME/tmp`` and are
+        renamed into the blob store rather than copied. Replaces an existing
+        manifest of the same name and tag atomically; the previous model stays
+        readable until the new manifest lands. Raises :class:`StoreError` if the
+        store cannot be written.
         """
         self._tmp()
         for rel, src in files.items():
-            digest, size = self.blobs.put(src)
-            manifest.files[rel] = {"sha256": digest, "size": size,
-                                   "verified": self.blobs.check(digest, size, None)}
+            digest, size, verified = self.blobs.put(src, move=rel in move)
+            manifest.files[rel] = {"sha256": digest, "size": size, "verified": verified}
         manifest.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         manifest.gpux_version = __version__
         try:

@@ -22,7 +22,14 @@ TASKS: dict[str, str] = {
 
 
 class Task(Protocol):
+    #: The key of the answer in a response ("embeddings", "predictions").
+    answer_key: str
+
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]: ...
+
+    def run_batch(self, items: list[str]) -> list[Any]:
+        """One answer per text; what the server's dynamic batcher merges requests into."""
+        ...
 
 
 def for_model(model: Model) -> Task | None:

@@ -25,9 +25,14 @@ class Classifier:
         self.encode = TextEncoder(model)
         self.labels: list[str] = self.encode.config["labels"]
 
-    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
-        feed = self.encode(texts(payload))
+    answer_key = "predictions"
+
+    def run_batch(self, items: list[str]) -> list[Any]:
+        """Every label with its score, highest first, per text."""
+        feed = self.encode(items)
         probs = softmax(self.model.run(feed)[self.encode.config["output"]].astype(np.float64))
-        return {"predictions": [
-            [{"label": self.labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")]
-            for row in probs]}
+        return [[{"label": self.labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")]
+                for row in probs]
+
+    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"predictions": self.run_batch(texts(payload))}

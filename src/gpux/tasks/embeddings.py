@@ -33,10 +33,20 @@ class Embeddings:
         self.mode: str = self.encode.config.get("pooling", "mean")
         self.normalize: bool = bool(self.encode.config.get("normalize", False))
 
-    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
-        feed = self.encode(texts(payload))
+    answer_key = "embeddings"
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.model.outputs[0].shape[-1]) if self.model.outputs[0].shape else 0
+
+    def run_batch(self, items: list[str]) -> list[Any]:
+        """One vector per text: the unit the server's batcher merges and splits."""
+        feed = self.encode(items)
         hidden = self.model.run(feed)[self.encode.config["output"]]
         vecs = pool(hidden, feed["attention_mask"], self.mode)
         if self.normalize:
             vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        return {"embeddings": vecs}
+        return list(vecs)
+
+    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"embeddings": np.stack(self.run_batch(texts(payload)))}

@@ -30,6 +30,22 @@ class TextEncoder:
         self.tokenizer.enable_truncation(max_length=int(self.config["max_length"]))
         self.tokenizer.enable_padding(pad_id=int(self.config["pad_id"]), pad_token=self.config["pad_token"] or "[PAD]")
         self.inputs: list[str] = self.config["inputs"]
+        self._counter: Any = None
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Tokens per text before truncation, from a second tokenizer so the first is never reconfigured
+        while another thread encodes with it."""
+        if self._counter is None:
+            from tokenizers import Tokenizer
+
+            self._counter = Tokenizer.from_str(self.tokenizer.to_str())
+            self._counter.no_truncation()
+            self._counter.no_padding()
+        return [len(e.ids) for e in self._counter.encode_batch(texts)]
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config["max_length"])
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         encs = self.tokenizer.encode_batch(texts)

@@ -1,0 +1,57 @@
+"""``gpux serve``: the HTTP API (FastAPI + uvicorn), bound to loopback unless told otherwise."""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import typer
+
+from gpux.errors import UsageError
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?$", re.I)
+
+
+def parse_bytes(text: str) -> int:
+    """``4GB``, ``512MiB``, ``1e9`` style sizes -> bytes."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise UsageError(f"{text!r} is not a size", hint="use e.g. 4GB, 512MB or a number of bytes")
+    unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
+    base = 1024 if "I" in (m.group(2) or "").upper() else 1000
+    return int(float(m.group(1)) * base ** " KMGT".index(unit or " "))
+
+
+def serve(
+    models: list[str] = typer.Argument(None, help="Models to load at start (others load on first request)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; loopback by default."),
+    port: int = typer.Option(8080, "--port", min=0, max=65535),
+    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="e.g. 4GB; LRU-evict idle models past it."),  # noqa: UP007
+    keep_alive: str = typer.Option("5m", "--keep-alive", help="Unload a model idle this long (-1: never)."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help="Items per batched call (1: no batching)."),
+    max_queue_delay_ms: float = typer.Option(5.0, "--max-queue-delay-ms", min=0, help="Wait this long to fill a batch."),
+    max_queue: int = typer.Option(256, "--max-queue", min=1, help="Queued requests per model before 429."),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds before a queued request gets 504."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GPUX_API_KEY", help="Require Bearer KEY."),  # noqa: UP007
+    max_body_mb: float = typer.Option(10.0, "--max-body-mb", min=0.001, help="Largest request body accepted."),
+) -> None:
+    """Serve stored models over HTTP: native, OpenAI, Ollama and KServe v2 routes."""
+    try:
+        import uvicorn
+
+        from gpux.serve.app import ServeSettings, create_app, keep_alive_seconds
+        from gpux.serve.batcher import BatchConfig
+        from gpux.serve.manager import ModelManager
+    except ImportError as exc:
+        raise UsageError(f"serving needs the serve extra ({exc.name} is missing)",
+                         hint="pip install 'gpux[serve]'") from exc
+    manager = ModelManager(
+        budget_bytes=parse_bytes(memory_budget) if memory_budget else None,
+        keep_alive_s=keep_alive_seconds(keep_alive) or 0.0,
+        batch=BatchConfig(max_batch=max_batch_size, max_delay_ms=max_queue_delay_ms, max_queue=max_queue,
+                          timeout_s=timeout))
+    for ref in models or []:
+        manager.require(ref)  # fail before binding the port
+    app = create_app(manager, ServeSettings(api_key=api_key, max_body_bytes=int(max_body_mb * 1e6),
+                                            preload=tuple(models or ())))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,203 @@
+"""Routes that follow other tools' specs, so their clients work unchanged.
+
+- OpenAI: ``GET /v1/models``, ``POST /v1/embeddings`` (float or base64 encoding, usage in tokens).
+- Ollama: ``POST /api/embed``, ``GET /api/tags``, ``GET /api/ps``.
+- KServe Open Inference Protocol v2: health, model metadata and readiness, ``infer`` with typed tensors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from gpux.errors import InputTypeError, UsageError
+from gpux.serve.app import providers, read_json, run_items, timings
+from gpux.serve.manager import Loaded, ModelManager
+
+#: KServe v2 datatypes <-> gpux dtypes.
+V2_TYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+            "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
+            "FP32": "float32", "FP64": "float64", "BYTES": "string"}
+DTYPE_V2 = {v: k for k, v in V2_TYPES.items()}
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+def _texts(value: Any, field: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(t, str) for t in items):
+        raise UsageError(f'"{field}" must be a string or a non-empty list of strings',
+                         hint="token-id inputs are not supported; send text")
+    return items
+
+
+def _embedding_check(field: str) -> Any:
+    def check(loaded: Loaded, items: list[Any]) -> list[Any]:
+        if loaded.model.bundle.manifest.task != "feature-extraction":
+            raise UsageError(f"model {loaded.name} is not an embedding model (task: "
+                             f"{loaded.model.bundle.manifest.task})", hint="use a feature-extraction model")
+        return _texts(items[0], field)
+    return check
+
+
+def register(app: FastAPI) -> None:
+    manager: ModelManager = app.state.manager
+
+    # -- OpenAI -------------------------------------------------------------------------
+
+    def short(ref: str) -> str:
+        """``name`` when it alone picks this tag (latest, or the only one), else ``name:tag``."""
+        name, _, tag = ref.partition(":")
+        return name if tag == "latest" or manager.store.tags(name) == [tag] else ref
+
+    @app.get("/v1/models")
+    async def openai_models() -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": short(m["name"]), "object": "model",
+             "created": int(datetime.fromisoformat(m["created"]).timestamp()) if m["created"] else 0,
+             "owned_by": "gpux"} for m in manager.available()]}
+
+    @app.post("/v1/embeddings")
+    async def openai_embeddings(request: Request) -> dict[str, Any]:
+        body = await read_json(request)
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise UsageError(f"encoding_format {fmt!r} is not supported", hint='use "float" or "base64"')
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise UsageError('"model" is required', hint="GET /v1/models lists them")
+        loaded, vecs, _ = await run_items(app, "openai.embeddings", model, [body.get("input")], None,
+                                          _embedding_check("input"))
+        dims = body.get("dimensions")
+        if dims is not None and dims != len(vecs[0]):
+            raise UsageError(f"dimensions={dims} is not supported: this model returns {len(vecs[0])}",
+                             hint="omit dimensions")
+        texts = _texts(body["input"], "input")
+        tokens = sum(min(n, loaded.task.encode.max_length) for n in loaded.task.encode.lengths(texts))
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() if fmt == "base64"
+                 else np.asarray(v, np.float32).tolist()} for i, v in enumerate(vecs)]
+        return {"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    # -- Ollama -------------------------------------------------------------------------
+
+    @app.post("/api/embed")
+    async def ollama_embed(request: Request) -> dict[str, Any]:
+        body = await read_json(request)
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise UsageError('"model" is required', hint="GET /api/tags lists them")
+
+        counted = {"tokens": 0}
+
+        def check(loaded: Loaded, items: list[Any]) -> list[Any]:
+            texts = _embedding_check("input")(loaded, items)
+            lengths = loaded.task.encode.lengths(texts)
+            if body.get("truncate", True) is False and max(lengths) > loaded.task.encode.max_length:
+                raise UsageError(f"an input has {max(lengths)} tokens, over the model's "
+                                 f"{loaded.task.encode.max_length}", hint="shorten it or set truncate: true")
+            counted["tokens"] = sum(min(n, loaded.task.encode.max_length) for n in lengths)
+            return texts
+
+        loaded, vecs, t = await run_items(app, "ollama.embed", model, [body.get("input")], body.get("keep_alive"),
+                                          check)
+        return {"model": model, "embeddings": [np.asarray(v, np.float32).tolist() for v in vecs],
+                "total_duration": t["total_duration"], "load_duration": t["load_duration"],
+                "prompt_eval_count": counted["tokens"], "providers": providers(loaded)}
+
+    def _ollama_model(m: dict[str, Any]) -> dict[str, Any]:
+        return {"name": m["name"], "model": m["name"], "modified_at": m["created"], "size": m["size_bytes"],
+                "digest": m["digest"], "details": {"format": "onnx", "family": m["task"] or "", "families": None,
+                                                   "parameter_size": "", "quantization_level": "F32"}}
+
+    @app.get("/api/tags")
+    async def ollama_tags() -> dict[str, Any]:
+        return {"models": [_ollama_model(m) for m in manager.available()]}
+
+    @app.get("/api/ps")
+    async def ollama_ps() -> dict[str, Any]:
+        by_name = {m["name"]: m for m in manager.available()}
+        return {"models": [{**_ollama_model(by_name[m.name]), "expires_at": _iso(m.expires_at),
+                            "size_vram": 0, "size": m.memory_bytes}
+                           for m in manager.models.values() if m.name in by_name]}
+
+    # -- KServe v2 ----------------------------------------------------------------------
+
+    @app.get("/v2/health/live")
+    async def v2_live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready(request: Request) -> JSONResponse:
+        ok = bool(request.app.state.ready)
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/v2/models/{name:path}/ready")
+    async def v2_model_ready(name: str) -> dict[str, Any]:
+        return {"name": manager.require(name), "ready": True}
+
+    @app.post("/v2/models/{name:path}/infer")
+    async def v2_infer(name: str, request: Request) -> dict[str, Any]:
+        body = await read_json(request)
+        start = time.perf_counter()
+        canonical = manager.require(name)
+        status = 500
+        try:
+            async with manager.use(canonical) as (loaded, load_s):
+                feed = _v2_feed(loaded, body)
+                wanted = [o.get("name") for o in body.get("outputs") or []]
+                out = await asyncio.get_running_loop().run_in_executor(None, loaded.model.run, feed)
+                status = 200
+        finally:
+            manager.metrics.request(canonical, "v2.infer", status, time.perf_counter() - start, None)
+        outputs = [{"name": k, "datatype": DTYPE_V2.get(_dtype(v), "BYTES"), "shape": list(v.shape),
+                    "data": v.reshape(-1).tolist()} for k, v in out.items() if not wanted or k in wanted]
+        return {"model_name": canonical, "model_version": canonical.partition(":")[2],
+                "id": body.get("id", ""), "outputs": outputs, "parameters": timings(start, load_s, None)}
+
+    @app.get("/v2/models/{name:path}")
+    async def v2_metadata(name: str) -> dict[str, Any]:
+        async with manager.use(manager.require(name)) as (loaded, _):
+            spec = lambda s: {"name": s.name, "datatype": DTYPE_V2.get(s.dtype, s.dtype),  # noqa: E731
+                              "shape": [-1 if not isinstance(d, int) else d for d in (s.shape or ())]}
+            return {"name": loaded.name, "versions": [loaded.name.partition(":")[2]],
+                    "platform": "onnxruntime_onnx", "inputs": [spec(s) for s in loaded.model.inputs],
+                    "outputs": [spec(s) for s in loaded.model.outputs]}
+
+
+def _dtype(arr: np.ndarray) -> str:
+    return "string" if arr.dtype.kind in "OUS" else str(arr.dtype)
+
+
+def _v2_feed(loaded: Loaded, body: dict[str, Any]) -> dict[str, Any]:
+    """KServe v2 typed tensors -> a checked feed; the declared datatype must be the model's."""
+    tensors = body.get("inputs")
+    if not isinstance(tensors, list) or not tensors:
+        raise UsageError('"inputs" must be a list of {name, shape, datatype, data}', hint="see the KServe v2 spec")
+    specs = {s.name: s for s in loaded.model.inputs}
+    feed: dict[str, Any] = {}
+    for t in tensors:
+        name, dtype, shape = t.get("name"), t.get("datatype"), t.get("shape")
+        if name not in specs:
+            raise UsageError(f"unknown input {name!r}", hint=f"the model takes: {', '.join(specs)}")
+        if V2_TYPES.get(str(dtype)) != specs[name].dtype:
+            raise InputTypeError(f"input {name!r} is {DTYPE_V2.get(specs[name].dtype)}, the request says {dtype!r}",
+                                 hint=f"send datatype {DTYPE_V2.get(specs[name].dtype)}")
+        np_dtype = object if dtype == "BYTES" else V2_TYPES[dtype]
+        try:
+            arr = np.asarray(t.get("data"), dtype=np_dtype).reshape(shape)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"input {name!r}: data does not fit shape {shape}: {exc}",
+                             hint="data is the tensor's values flattened in row-major order") from exc
+        feed[name] = arr
+    return dict(loaded.model.check(feed))

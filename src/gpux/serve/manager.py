@@ -1,0 +1,221 @@
+"""The model manager: what is loaded, how much memory it holds, when it leaves. No HTTP here.
+
+- Loading is single-flight: concurrent requests for an unloaded model wait on
+  one load. Loads run in a thread, off the event loop.
+- Memory: a model's cost is the larger of its files' size (known before
+  loading) and the process RSS growth its load caused. Loading past the budget
+  evicts idle models, least recently used first; a model that cannot fit even in
+  an empty server is refused with :class:`ModelTooLargeError`.
+- keep_alive: a model idle for its keep-alive (per model, set by the last
+  request that named one) is unloaded by :meth:`ModelManager.reap`; a negative
+  keep-alive keeps it forever, zero unloads it after the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpux.errors import GpuxError, ModelNotFoundError
+from gpux.serve.batcher import Batcher, BatchConfig
+from gpux.serve.metrics import Metrics
+
+
+class ModelTooLargeError(GpuxError):
+    """The model needs more memory than the server's whole budget."""
+
+    exit_code = 7
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            import os
+
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass
+class Loaded:
+    """A model in memory and what the server knows about it."""
+
+    name: str
+    model: Any
+    task: Any
+    batcher: Batcher
+    memory_bytes: int
+    load_s: float
+    keep_alive_s: float
+    last_used: float = field(default_factory=time.time)
+    active: int = 0
+
+    @property
+    def expires_at(self) -> float | None:
+        return None if self.keep_alive_s < 0 else self.last_used + self.keep_alive_s
+
+    def run_items(self, items: list[Any]) -> list[Any]:
+        """What the batcher calls: texts through the task, or raw feeds one by one."""
+        if self.task is not None:
+            return list(self.task.run_batch(items))
+        return [self.model.run(feed) for feed in items]
+
+
+class ModelManager:
+    """Thread-compatible only from the event loop that created it."""
+
+    def __init__(self, *, budget_bytes: int | None = None, keep_alive_s: float = 300.0,
+                 batch: BatchConfig | None = None, metrics: Metrics | None = None,
+                 loader: Callable[[str], Any] | None = None, store: Any = None) -> None:
+        from gpux.store.local import Store
+
+        self.budget = budget_bytes
+        self.default_keep_alive = keep_alive_s
+        self.batch = batch or BatchConfig()
+        self.metrics = metrics or Metrics()
+        self.store = store or Store()
+        self._loader = loader
+        self.models: dict[str, Loaded] = {}
+        self._loading: dict[str, asyncio.Task[Loaded]] = {}
+        self._lock = asyncio.Lock()
+
+    # -- names -----------------------------------------------------------------------
+
+    def canonical(self, ref: str) -> str:
+        """``name:tag`` for a request's model name; :class:`ModelNotFoundError` if not stored."""
+        from gpux.store.local import parse_ref
+
+        name, tag = parse_ref(ref)
+        manifest = self.store.manifest(f"{name}:{tag}" if tag else name)
+        return f"{manifest.name}:{manifest.tag}"
+
+    def available(self) -> list[dict[str, Any]]:
+        out = []
+        for name, tag in self.store.names():
+            try:
+                m = self.store.manifest(f"{name}:{tag}")
+            except GpuxError:
+                continue
+            out.append({"name": f"{name}:{tag}", "task": m.task, "size_bytes": self.store.size(m),
+                        "created": m.created, "digest": _digest(m), "source": m.source})
+        return out
+
+    # -- loading -----------------------------------------------------------------------
+
+    async def get(self, ref: str, keep_alive_s: float | None = None) -> tuple[Loaded, float]:
+        """The loaded model for ``ref`` (loading it if needed) and the seconds this call spent loading."""
+        name = self.canonical(ref)
+        start = time.perf_counter()
+        loaded = self.models.get(name)
+        if loaded is None:
+            task = self._loading.get(name)
+            if task is None:
+                task = asyncio.get_running_loop().create_task(self._load(name))
+                self._loading[name] = task
+                task.add_done_callback(lambda _t, n=name: self._loading.pop(n, None))
+            loaded = await asyncio.shield(task)
+        if keep_alive_s is not None:
+            loaded.keep_alive_s = keep_alive_s
+        loaded.last_used = time.time()
+        return loaded, time.perf_counter() - start
+
+    @contextlib.asynccontextmanager
+    async def use(self, ref: str, keep_alive_s: float | None = None) -> AsyncIterator[tuple[Loaded, float]]:
+        """Hold ``ref`` loaded (never evicted) for the block; yields (model, seconds spent loading)."""
+        loaded, load_s = await self.get(ref, keep_alive_s)
+        loaded.active += 1
+        try:
+            yield loaded, load_s
+        finally:
+            loaded.active -= 1
+            loaded.last_used = time.time()
+            if loaded.keep_alive_s == 0 and loaded.active == 0:
+                await self.unload(loaded.name, reason="expired")
+
+    async def _load(self, name: str) -> Loaded:
+        estimate = self._estimate(name)
+        if self.budget is not None and estimate > self.budget:
+            raise ModelTooLargeError(
+                f"model {name} needs about {estimate / 1e6:.0f} MB, more than the whole memory budget "
+                f"({self.budget / 1e6:.0f} MB)", hint="raise --memory-budget or serve a smaller model")
+        async with self._lock:
+            await self._make_room(estimate, keep=name)
+            before = _rss_bytes()
+            start = time.perf_counter()
+            model, task = await asyncio.get_running_loop().run_in_executor(None, self._load_sync, name)
+            took = time.perf_counter() - start
+            memory = max(estimate, _rss_bytes() - before)
+            loaded = Loaded(name, model, task, None, memory, took, self.default_keep_alive)  # type: ignore[arg-type]
+            loaded.batcher = Batcher(loaded.run_items, self.batch,
+                                     on_batch=lambda n, s, m=name: self.metrics.batch(m, n, s))
+            self.models[name] = loaded
+            self.metrics.loaded(name, memory)
+            return loaded
+
+    def _load_sync(self, name: str) -> tuple[Any, Any]:
+        from gpux.engine.model import load
+        from gpux.tasks import for_model
+
+        model = self._loader(name) if self._loader is not None else load(name, store=self.store)
+        return model, for_model(model)
+
+    def _estimate(self, name: str) -> int:
+        return int(self.store.size(self.store.manifest(name)))
+
+    def _used(self) -> int:
+        return sum(m.memory_bytes for m in self.models.values())
+
+    async def _make_room(self, need: int, keep: str) -> None:
+        if self.budget is None:
+            return
+        idle = sorted((m for m in self.models.values() if m.active == 0 and m.name != keep),
+                      key=lambda m: m.last_used)
+        while self._used() + need > self.budget and idle:
+            await self.unload(idle.pop(0).name, reason="evicted")
+        if self._used() + need > self.budget:
+            busy = ", ".join(m.name for m in self.models.values())
+            raise ModelTooLargeError(
+                f"no room for {keep}: the loaded models ({busy}) are busy and the budget is "
+                f"{self.budget / 1e6:.0f} MB", hint="retry when they are idle, or raise --memory-budget")
+
+    async def unload(self, ref: str, reason: str = "unloaded") -> bool:
+        name = ref if ref in self.models else self.canonical(ref)
+        loaded = self.models.pop(name, None)
+        if loaded is None:
+            return False
+        await loaded.batcher.close()
+        self.metrics.unloaded(name, reason)
+        return True
+
+    async def reap(self) -> list[str]:
+        """Unload every idle model whose keep-alive has passed; returns their names."""
+        now = time.time()
+        gone = [m.name for m in list(self.models.values())
+                if m.active == 0 and m.expires_at is not None and m.expires_at <= now]
+        for name in gone:
+            await self.unload(name, reason="expired")
+        return gone
+
+    async def close(self) -> None:
+        for name in list(self.models):
+            await self.unload(name)
+
+    def require(self, ref: str) -> str:
+        """``canonical(ref)``, with the error every route gives for an unknown model."""
+        try:
+            return self.canonical(ref)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"model {ref!r} is not in the store",
+                                     hint=f"pull it first: gpux pull {ref}") from exc
+
+
+def _digest(manifest: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(sorted((k, v["sha256"]) for k, v in manifest.files.items())).encode()).hexdigest()
