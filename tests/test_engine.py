@@ -121,7 +121,8 @@ def test_bad_files_and_names(tmp_path: Path) -> None:
 def test_settings_are_applied_and_recorded(model_dir: Path) -> None:
     m = gpux.load(model_dir / "mlp.onnx", intra_op_threads=1, graph_optimization="basic")
     assert m.settings == {"graph_optimization": "basic", "intra_op_threads": 1,
-                          "inter_op_threads": 1, "execution_mode": "sequential"}
+                          "inter_op_threads": 1, "execution_mode": "sequential",
+                          "spinning": True}
     assert m.providers == ["CPUExecutionProvider"]
 
 

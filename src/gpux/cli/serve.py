@@ -29,7 +29,8 @@ def serve(
     memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="e.g. 4GB; LRU-evict idle models past it."),  # noqa: UP007
     keep_alive: str = typer.Option("5m", "--keep-alive", help="Unload a model idle this long (-1: never)."),
     max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help="Items per batched call (1: no batching)."),
-    max_queue_delay_ms: float = typer.Option(5.0, "--max-queue-delay-ms", min=0, help="Wait this long to fill a batch."),
+    max_queue_delay_ms: float = typer.Option(0.0, "--max-queue-delay-ms", min=0,
+                                             help="Wait this long to fill a batch (0: take what is queued)."),
     max_queue: int = typer.Option(256, "--max-queue", min=1, help="Queued requests per model before 429."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds before a queued request gets 504."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GPUX_API_KEY", help="Require Bearer KEY."),  # noqa: UP007

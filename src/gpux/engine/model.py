@@ -96,7 +96,7 @@ class Model:
 def load(model: str | Path | Bundle, provider: str | None = None, *,
          intra_op_threads: int | None = None, inter_op_threads: int | None = None,
          graph_optimization: str | None = None, placement: bool = False,
-         log_level: int | None = None, store: Store | None = None) -> Model:
+         log_level: int | None = None, spinning: bool | None = None, store: Store | None = None) -> Model:
     """Load ``model``: an ``.onnx`` path, a bundle folder, a folder with gpux.yml, or a built name.
 
     ``provider`` is ``auto`` (best available), or a name such as ``cpu`` or
@@ -107,5 +107,5 @@ def load(model: str | Path | Bundle, provider: str | None = None, *,
     options = RuntimeOptions.from_dict(bundle.manifest.runtime).override(
         provider=provider, intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads, graph_optimization=graph_optimization,
-        log_level=log_level)
+        log_level=log_level, spinning=spinning)
     return Model(bundle, options, placement=placement)

@@ -32,6 +32,9 @@ class RuntimeOptions:
     graph_optimization: str = "all"
     #: onnxruntime's own log level: 0 verbose .. 4 fatal. 3 keeps its warnings off stderr.
     log_level: int = 3
+    #: Let intra-op threads busy-wait for work (onnxruntime's default). Lowest latency for one
+    #: caller; a server sharing cores with its HTTP thread turns it off.
+    spinning: bool = True
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RuntimeOptions:
@@ -58,6 +61,9 @@ class RuntimeOptions:
         so.inter_op_num_threads = self.inter_op_threads or 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = self.log_level
+        if not self.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if profile_prefix is not None:
             so.enable_profiling = True
             so.profile_file_prefix = profile_prefix
@@ -66,5 +72,6 @@ class RuntimeOptions:
             "intra_op_threads": so.intra_op_num_threads,
             "inter_op_threads": so.inter_op_num_threads,
             "execution_mode": "sequential",
+            "spinning": self.spinning,
         }
         return so, record

@@ -11,18 +11,27 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from gpux import errors
 from gpux.engine.providers import alias_of
 from gpux.serve.batcher import BatchTiming, QueueFullError
 from gpux.serve.manager import Loaded, ModelManager, ModelTooLargeError
+
+
+class FastJSON(JSONResponse):
+    """JSON via orjson: numpy arrays serialised natively, float32 in its shortest form (~25x json.dumps)."""
+
+    def render(self, content: Any) -> bytes:
+        import orjson
+
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
 @dataclass
@@ -118,23 +127,11 @@ def create_app(manager: ModelManager, settings: ServeSettings | None = None) -> 
             reaper.cancel()
             await manager.close()
 
-    app = FastAPI(title="gpux", lifespan=lifespan)
+    app = FastAPI(title="gpux", lifespan=lifespan, default_response_class=FastJSON)
     app.state.manager = manager
     app.state.settings = settings
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        open_paths = ("/health", "/v2/health/live", "/v2/health/ready")
-        if settings.api_key and request.url.path not in open_paths:
-            if request.headers.get("authorization", "") != f"Bearer {settings.api_key}":
-                return JSONResponse({"error": "missing or wrong API key", "hint": "send Authorization: Bearer KEY"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            return JSONResponse({"error": f"request body of {length} bytes is over the limit of "
-                                          f"{settings.max_body_bytes}", "hint": "send fewer or shorter inputs"},
-                                status_code=413)
-        return await call_next(request)
+    app.add_middleware(_Guard, api_key=settings.api_key, max_body=settings.max_body_bytes)
 
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
@@ -142,7 +139,7 @@ def create_app(manager: ModelManager, settings: ServeSettings | None = None) -> 
         if status == 500 and not isinstance(exc, errors.GpuxError):
             exc = errors.GpuxError(f"internal error: {type(exc).__name__}: {exc}", hint="please report it")
         headers = {"Retry-After": "1"} if status == 429 else None
-        return JSONResponse(error_body(request, exc, status), status_code=status, headers=headers)
+        return FastJSON(error_body(request, exc, status), status_code=status, headers=headers)
 
     for kind, _ in _STATUS:
         app.add_exception_handler(kind, on_error)  # type: ignore[arg-type]
@@ -161,6 +158,29 @@ def create_app(manager: ModelManager, settings: ServeSettings | None = None) -> 
     return app
 
 
+class _Guard:
+    """API key and body-size checks as plain ASGI middleware (BaseHTTPMiddleware costs ~0.3 ms a request)."""
+
+    OPEN = frozenset({"/health", "/v2/health/live", "/v2/health/ready"})
+
+    def __init__(self, app: Any, api_key: str | None, max_body: int) -> None:
+        self.app, self.api_key, self.max_body = app, api_key, max_body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            if self.api_key and scope["path"] not in self.OPEN and \
+                    headers.get(b"authorization", b"") != f"Bearer {self.api_key}".encode():
+                return await JSONResponse({"error": "missing or wrong API key", "hint": "send Authorization: Bearer KEY"},
+                                          status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            length = headers.get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_body:
+                return await JSONResponse({"error": f"request body of {int(length)} bytes is over the limit of "
+                                                    f"{self.max_body}", "hint": "send fewer or shorter inputs"},
+                                          status_code=413)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 async def _reap(manager: ModelManager, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
@@ -170,7 +190,7 @@ async def _reap(manager: ModelManager, every_s: float) -> None:
 
 async def read_json(request: Request) -> dict[str, Any]:
     """The body as a JSON object, with a limit on streamed (chunked) bodies too."""
-    import json
+    import orjson
 
     limit = request.app.state.settings.max_body_bytes
     body = b""
@@ -180,8 +200,8 @@ async def read_json(request: Request) -> dict[str, Any]:
             raise BodyTooLargeError(f"request body is over the limit of {limit} bytes",
                                     hint="send fewer or shorter inputs")
     try:
-        data = json.loads(body or b"null")
-    except ValueError as exc:
+        data = orjson.loads(body or b"null")
+    except orjson.JSONDecodeError as exc:
         raise errors.UsageError(f"the body is not valid JSON: {exc}", hint="send a JSON object") from exc
     if not isinstance(data, dict):
         raise errors.UsageError("the body must be a JSON object", hint='e.g. {"model": "...", "input": "..."}')

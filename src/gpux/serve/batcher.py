@@ -30,7 +30,8 @@ class QueueFullError(GpuxError):
 @dataclass
 class BatchConfig:
     max_batch: int = 32
-    max_delay_ms: float = 5.0
+    #: 0: never wait; a batch is whatever queued while the previous one ran (continuous batching).
+    max_delay_ms: float = 0.0
     max_queue: int = 256
     timeout_s: float = 30.0
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from gpux.errors import InputTypeError, UsageError
-from gpux.serve.app import providers, read_json, run_items, timings
+from gpux.serve.app import FastJSON, providers, read_json, run_items, timings
 from gpux.serve.manager import Loaded, ModelManager
 
 #: KServe v2 datatypes <-> gpux dtypes.
@@ -67,7 +67,7 @@ def register(app: FastAPI) -> None:
              "owned_by": "gpux"} for m in manager.available()]}
 
     @app.post("/v1/embeddings")
-    async def openai_embeddings(request: Request) -> dict[str, Any]:
+    async def openai_embeddings(request: Request) -> FastJSON:
         body = await read_json(request)
         fmt = body.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
@@ -75,45 +75,43 @@ def register(app: FastAPI) -> None:
         model = body.get("model")
         if not isinstance(model, str):
             raise UsageError('"model" is required', hint="GET /v1/models lists them")
-        loaded, vecs, _ = await run_items(app, "openai.embeddings", model, [body.get("input")], None,
-                                          _embedding_check("input"))
+        loaded, results, _ = await run_items(app, "openai.embeddings", model, [body.get("input")], None,
+                                             _embedding_check("input"))
+        vecs = [r[0] for r in results]
         dims = body.get("dimensions")
         if dims is not None and dims != len(vecs[0]):
             raise UsageError(f"dimensions={dims} is not supported: this model returns {len(vecs[0])}",
                              hint="omit dimensions")
-        texts = _texts(body["input"], "input")
-        tokens = sum(min(n, loaded.task.encode.max_length) for n in loaded.task.encode.lengths(texts))
+        tokens = sum(r[1] for r in results)
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() if fmt == "base64"
-                 else np.asarray(v, np.float32).tolist()} for i, v in enumerate(vecs)]
-        return {"object": "list", "data": data, "model": model,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+                 else v} for i, v in enumerate(vecs)]
+        return FastJSON({"object": "list", "data": data, "model": model,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     # -- Ollama -------------------------------------------------------------------------
 
     @app.post("/api/embed")
-    async def ollama_embed(request: Request) -> dict[str, Any]:
+    async def ollama_embed(request: Request) -> FastJSON:
         body = await read_json(request)
         model = body.get("model")
         if not isinstance(model, str):
             raise UsageError('"model" is required', hint="GET /api/tags lists them")
 
-        counted = {"tokens": 0}
-
         def check(loaded: Loaded, items: list[Any]) -> list[Any]:
             texts = _embedding_check("input")(loaded, items)
-            lengths = loaded.task.encode.lengths(texts)
-            if body.get("truncate", True) is False and max(lengths) > loaded.task.encode.max_length:
-                raise UsageError(f"an input has {max(lengths)} tokens, over the model's "
-                                 f"{loaded.task.encode.max_length}", hint="shorten it or set truncate: true")
-            counted["tokens"] = sum(min(n, loaded.task.encode.max_length) for n in lengths)
+            if body.get("truncate", True) is False:  # only then is a second tokenization worth it
+                longest = max(loaded.task.encode.lengths(texts))
+                if longest > loaded.task.encode.max_length:
+                    raise UsageError(f"an input has {longest} tokens, over the model's "
+                                     f"{loaded.task.encode.max_length}", hint="shorten it or set truncate: true")
             return texts
 
-        loaded, vecs, t = await run_items(app, "ollama.embed", model, [body.get("input")], body.get("keep_alive"),
-                                          check)
-        return {"model": model, "embeddings": [np.asarray(v, np.float32).tolist() for v in vecs],
-                "total_duration": t["total_duration"], "load_duration": t["load_duration"],
-                "prompt_eval_count": counted["tokens"], "providers": providers(loaded)}
+        loaded, results, t = await run_items(app, "ollama.embed", model, [body.get("input")],
+                                             body.get("keep_alive"), check)
+        return FastJSON({"model": model, "embeddings": [r[0] for r in results],
+                         "total_duration": t["total_duration"], "load_duration": t["load_duration"],
+                         "prompt_eval_count": sum(r[1] for r in results), "providers": providers(loaded)})
 
     def _ollama_model(m: dict[str, Any]) -> dict[str, Any]:
         return {"name": m["name"], "model": m["name"], "modified_at": m["created"], "size": m["size_bytes"],

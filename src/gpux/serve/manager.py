@@ -60,9 +60,10 @@ class Loaded:
         return None if self.keep_alive_s < 0 else self.last_used + self.keep_alive_s
 
     def run_items(self, items: list[Any]) -> list[Any]:
-        """What the batcher calls: texts through the task, or raw feeds one by one."""
+        """What the batcher calls: texts through the task -> (answer, tokens) each; raw feeds one by one."""
         if self.task is not None:
-            return list(self.task.run_batch(items))
+            answers, tokens = self.task.run_counted(items)
+            return list(zip(answers, tokens))
         return [self.model.run(feed) for feed in items]
 
 
@@ -83,16 +84,26 @@ class ModelManager:
         self.models: dict[str, Loaded] = {}
         self._loading: dict[str, asyncio.Task[Loaded]] = {}
         self._lock = asyncio.Lock()
+        self._aliases: dict[str, tuple[str, float]] = {}
 
     # -- names -----------------------------------------------------------------------
 
     def canonical(self, ref: str) -> str:
-        """``name:tag`` for a request's model name; :class:`ModelNotFoundError` if not stored."""
+        """``name:tag`` for a request's model name; :class:`ModelNotFoundError` if not stored.
+
+        Answers for loaded models come from memory (no manifest read on the request path);
+        others are looked up in the store, and remembered for a few seconds.
+        """
         from gpux.store.local import parse_ref
 
+        hit = self._aliases.get(ref)
+        if hit is not None and (hit[0] in self.models or time.monotonic() - hit[1] < 5.0):
+            return hit[0]
         name, tag = parse_ref(ref)
         manifest = self.store.manifest(f"{name}:{tag}" if tag else name)
-        return f"{manifest.name}:{manifest.tag}"
+        canonical = f"{manifest.name}:{manifest.tag}"
+        self._aliases[ref] = (canonical, time.monotonic())
+        return canonical
 
     def available(self) -> list[dict[str, Any]]:
         out = []
@@ -161,7 +172,8 @@ class ModelManager:
         from gpux.engine.model import load
         from gpux.tasks import for_model
 
-        model = self._loader(name) if self._loader is not None else load(name, store=self.store)
+        # No busy-waiting intra-op threads: they would take cores from the HTTP thread and the tokenizer.
+        model = self._loader(name) if self._loader is not None else load(name, store=self.store, spinning=False)
         return model, for_model(model)
 
     def _estimate(self, name: str) -> int:

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from gpux.errors import UsageError
-from gpux.serve.app import keep_alive_seconds, providers, read_json, run_items, timings
+from gpux.serve.app import FastJSON, keep_alive_seconds, providers, read_json, run_items, timings
 from gpux.serve.manager import Loaded, ModelManager
 
 
@@ -60,7 +60,7 @@ def register(app: FastAPI) -> None:
         return {"name": name, "unloaded": await manager.unload(name)}
 
     @app.post("/predict/{model:path}")
-    async def predict(model: str, request: Request) -> dict[str, Any]:
+    async def predict(model: str, request: Request) -> FastJSON:
         body = await read_json(request)
         if "inputs" not in body:
             raise UsageError('the body needs "inputs"', hint='{"inputs": ["text"]} or {"inputs": {"x": [[1, 2]]}}')
@@ -78,11 +78,11 @@ def register(app: FastAPI) -> None:
         loaded, results, t = await run_items(app, "predict", model, [body["inputs"]], body.get("keep_alive"), check)
         answer: dict[str, Any]
         if loaded.task is not None:
-            answer = {loaded.task.answer_key: [_plain(r) for r in results]}
+            answer = {loaded.task.answer_key: [r[0] for r in results]}
         else:
             answer = {"outputs": {k: _plain(v) for k, v in results[0].items()}}
-        return {"model": loaded.name, "task": loaded.model.bundle.manifest.task, **answer,
-                "providers": providers(loaded), **t}
+        return FastJSON({"model": loaded.name, "task": loaded.model.bundle.manifest.task, **answer,
+                         "providers": providers(loaded), **t})
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:

@@ -31,6 +31,10 @@ class Task(Protocol):
         """One answer per text; what the server's dynamic batcher merges requests into."""
         ...
 
+    def run_counted(self, items: list[str]) -> tuple[list[Any], list[int]]:
+        """``run_batch`` plus the tokens each text used, for usage fields."""
+        ...
+
 
 def for_model(model: Model) -> Task | None:
     """The task pipeline for ``model``'s manifest task, or None for a raw-tensor model."""

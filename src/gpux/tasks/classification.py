@@ -27,12 +27,16 @@ class Classifier:
 
     answer_key = "predictions"
 
-    def run_batch(self, items: list[str]) -> list[Any]:
-        """Every label with its score, highest first, per text."""
+    def run_counted(self, items: list[str]) -> tuple[list[Any], list[int]]:
+        """Every label with its score, highest first, per text; and the tokens each text used."""
         feed = self.encode(items)
         probs = softmax(self.model.run(feed)[self.encode.config["output"]].astype(np.float64))
-        return [[{"label": self.labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")]
-                for row in probs]
+        ranked = [[{"label": self.labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")]
+                  for row in probs]
+        return ranked, feed["attention_mask"].sum(axis=1).tolist()
+
+    def run_batch(self, items: list[str]) -> list[Any]:
+        return self.run_counted(items)[0]
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"predictions": self.run_batch(texts(payload))}

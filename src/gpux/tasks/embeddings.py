@@ -39,14 +39,18 @@ class Embeddings:
     def dimensions(self) -> int:
         return int(self.model.outputs[0].shape[-1]) if self.model.outputs[0].shape else 0
 
-    def run_batch(self, items: list[str]) -> list[Any]:
-        """One vector per text: the unit the server's batcher merges and splits."""
+    def run_counted(self, items: list[str]) -> tuple[list[Any], list[int]]:
+        """One vector per text, and the tokens each text used (after truncation)."""
         feed = self.encode(items)
         hidden = self.model.run(feed)[self.encode.config["output"]]
         vecs = pool(hidden, feed["attention_mask"], self.mode)
         if self.normalize:
             vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        return list(vecs)
+        return list(vecs), feed["attention_mask"].sum(axis=1).tolist()
+
+    def run_batch(self, items: list[str]) -> list[Any]:
+        """One vector per text: the unit the server's batcher merges and splits."""
+        return self.run_counted(items)[0]
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"embeddings": np.stack(self.run_batch(texts(payload)))}
