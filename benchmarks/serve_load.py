@@ -119,7 +119,7 @@ async def load(url: str, clients: int, seconds: float, max_requests: int) -> dic
             "requests_per_s": len(latencies) / wall, "latency_ms": {**ms, "p99": p99}}
 
 
-def serve(home: Path, batch: int) -> tuple[subprocess.Popen[bytes], str]:
+def serve(home: Path, batch: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
     import httpx
 
     with socket.socket() as s:
@@ -127,7 +127,7 @@ def serve(home: Path, batch: int) -> tuple[subprocess.Popen[bytes], str]:
         port = s.getsockname()[1]
     env = {**os.environ, "GPUX_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "gpux", "serve", MODEL, "--port", str(port),
-                             "--max-batch-size", str(batch), "--max-queue", "1024"],
+                             "--max-batch-size", str(batch), "--max-queue", "1024", *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=20000)
     ap.add_argument("--clients", default="1,8,64", help="concurrency levels, comma-separated")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    ap.add_argument("--serve-args", default="", help="extra gpux serve flags, space-separated")
     args = ap.parse_args()
     from gpux.bench.env import environment
 
@@ -157,7 +158,7 @@ def main() -> None:
     baseline = raw_baseline(home, args.seconds / 2)
     runs: dict[str, list[dict[str, Any]]] = {}
     for label, batch in (("batching on", 64), ("batching off", 1)):
-        proc, url = serve(home, batch)
+        proc, url = serve(home, batch, tuple(args.serve_args.split()))
         try:
             asyncio.run(load(url, 8, 1.0, 200))  # warm up
             runs[label] = [asyncio.run(load(url, int(c), args.seconds, args.max_requests))

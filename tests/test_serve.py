@@ -276,3 +276,32 @@ def test_gpux_serve_command(store_root: Path, tmp_path: Path) -> None:
     bad = cli("serve", "no-such-model", "--port", str(port), env={"GPUX_HOME": str(store_root)})
     assert bad.returncode == 3 and "not in the store" in bad.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_serve_takes_host_port_and_batch_size_from_gpux_yml(tmp_path: Path, model_dir: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proj = tmp_path / "cfg"
+    proj.mkdir()
+    shutil.copy(model_dir / "mlp.onnx", proj / "mlp.onnx")
+    (proj / "gpux.yml").write_text(f"name: served\nmodel: {{source: mlp.onnx}}\n"
+                                   f"serving: {{host: 127.0.0.1, port: {port}, batch_size: 4}}\n")
+    env = {**os.environ, "GPUX_HOME": str(tmp_path / "home")}
+    assert subprocess.run([sys.executable, "-m", "gpux", "build", str(proj)], env=env, capture_output=True).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "gpux", "serve", "served"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, ready = time.monotonic() + 60, False
+        while time.monotonic() < deadline and not ready:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert ready  # it bound the port gpux.yml names
+        res = httpx.post(f"http://127.0.0.1:{port}/predict/served", json={"inputs": {"x": [[1, 2, 3, 4]]}})
+        np.testing.assert_allclose(res.json()["outputs"]["y"], models.mlp_expected(np.array([[1, 2, 3, 4]])),
+                                   rtol=1e-6)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

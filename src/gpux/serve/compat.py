@@ -75,7 +75,7 @@ def register(app: FastAPI) -> None:
         model = body.get("model")
         if not isinstance(model, str):
             raise UsageError('"model" is required', hint="GET /v1/models lists them")
-        loaded, results, _ = await run_items(app, "openai.embeddings", model, [body.get("input")], None,
+        loaded, results, t = await run_items(app, "openai.embeddings", model, [body.get("input")], None,
                                              _embedding_check("input"))
         vecs = [r[0] for r in results]
         dims = body.get("dimensions")
@@ -87,7 +87,8 @@ def register(app: FastAPI) -> None:
                  "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() if fmt == "base64"
                  else v} for i, v in enumerate(vecs)]
         return FastJSON({"object": "list", "data": data, "model": model,
-                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                         **t, "providers": providers(loaded)})  # extra keys: OpenAI clients ignore them
 
     # -- Ollama -------------------------------------------------------------------------
 
@@ -109,8 +110,7 @@ def register(app: FastAPI) -> None:
 
         loaded, results, t = await run_items(app, "ollama.embed", model, [body.get("input")],
                                              body.get("keep_alive"), check)
-        return FastJSON({"model": model, "embeddings": [r[0] for r in results],
-                         "total_duration": t["total_duration"], "load_duration": t["load_duration"],
+        return FastJSON({"model": model, "embeddings": [r[0] for r in results], **t,
                          "prompt_eval_count": sum(r[1] for r in results), "providers": providers(loaded)})
 
     def _ollama_model(m: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +161,8 @@ def register(app: FastAPI) -> None:
         outputs = [{"name": k, "datatype": DTYPE_V2.get(_dtype(v), "BYTES"), "shape": list(v.shape),
                     "data": v.reshape(-1).tolist()} for k, v in out.items() if not wanted or k in wanted]
         return {"model_name": canonical, "model_version": canonical.partition(":")[2],
-                "id": body.get("id", ""), "outputs": outputs, "parameters": timings(start, load_s, None)}
+                "id": body.get("id", ""), "outputs": outputs,
+                "parameters": {**timings(start, load_s, None), "providers": ",".join(providers(loaded))}}
 
     @app.get("/v2/models/{name:path}")
     async def v2_metadata(name: str) -> dict[str, Any]:

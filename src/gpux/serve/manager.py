@@ -72,7 +72,7 @@ class ModelManager:
 
     def __init__(self, *, budget_bytes: int | None = None, keep_alive_s: float = 300.0,
                  batch: BatchConfig | None = None, metrics: Metrics | None = None,
-                 loader: Callable[[str], Any] | None = None, store: Any = None) -> None:
+                 loader: Callable[[str], Any] | None = None, store: Any = None, threads: int | None = None) -> None:
         from gpux.store.local import Store
 
         self.budget = budget_bytes
@@ -81,6 +81,7 @@ class ModelManager:
         self.metrics = metrics or Metrics()
         self.store = store or Store()
         self._loader = loader
+        self.threads = threads
         self.models: dict[str, Loaded] = {}
         self._loading: dict[str, asyncio.Task[Loaded]] = {}
         self._lock = asyncio.Lock()
@@ -173,7 +174,8 @@ class ModelManager:
         from gpux.tasks import for_model
 
         # No busy-waiting intra-op threads: they would take cores from the HTTP thread and the tokenizer.
-        model = self._loader(name) if self._loader is not None else load(name, store=self.store, spinning=False)
+        model = self._loader(name) if self._loader is not None else load(name, store=self.store, spinning=False,
+                                                                           intra_op_threads=self.threads)
         return model, for_model(model)
 
     def _estimate(self, name: str) -> int:

@@ -97,6 +97,6 @@ def register(app: FastAPI) -> None:
 
 
 def _plain(value: Any) -> Any:
-    from gpux.cli.inputs import to_jsonable
+    from gpux.jsonout import to_jsonable
 
     return to_jsonable(value)
