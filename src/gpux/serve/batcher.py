@@ -37,19 +37,19 @@ class BatchConfig:
 
 
 @dataclass
-class _Request:
-    items: list[Any]
-    future: asyncio.Future[list[Any]]
-    enqueued: float = field(default_factory=time.perf_counter)
-
-
-@dataclass
 class BatchTiming:
     """What one request spent where, for the response's timings and /stats."""
 
     queue_s: float
     inference_s: float
     batch_items: int
+
+
+@dataclass
+class _Request:
+    items: list[Any]
+    future: asyncio.Future[tuple[list[Any], BatchTiming]]
+    enqueued: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:

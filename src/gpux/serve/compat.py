@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,8 +41,8 @@ def _texts(value: Any, field: str) -> list[str]:
     return items
 
 
-def _embedding_check(field: str) -> Any:
-    def check(loaded: Loaded, items: list[Any]) -> list[Any]:
+def _embedding_check(field: str) -> Callable[[Loaded, list[Any]], list[str]]:
+    def check(loaded: Loaded, items: list[Any]) -> list[str]:
         if loaded.model.bundle.manifest.task != "feature-extraction":
             raise UsageError(f"model {loaded.name} is not an embedding model (task: "
                              f"{loaded.model.bundle.manifest.task})", hint="use a feature-extraction model")
@@ -100,7 +101,7 @@ def register(app: FastAPI) -> None:
             raise UsageError('"model" is required', hint="GET /api/tags lists them")
 
         def check(loaded: Loaded, items: list[Any]) -> list[Any]:
-            texts = _embedding_check("input")(loaded, items)
+            texts: list[Any] = _embedding_check("input")(loaded, items)
             if body.get("truncate", True) is False:  # only then is a second tokenization worth it
                 longest = max(loaded.task.encode.lengths(texts))
                 if longest > loaded.task.encode.max_length:
@@ -167,11 +168,14 @@ def register(app: FastAPI) -> None:
     @app.get("/v2/models/{name:path}")
     async def v2_metadata(name: str) -> dict[str, Any]:
         async with manager.use(manager.require(name)) as (loaded, _):
-            spec = lambda s: {"name": s.name, "datatype": DTYPE_V2.get(s.dtype, s.dtype),  # noqa: E731
-                              "shape": [-1 if not isinstance(d, int) else d for d in (s.shape or ())]}
             return {"name": loaded.name, "versions": [loaded.name.partition(":")[2]],
-                    "platform": "onnxruntime_onnx", "inputs": [spec(s) for s in loaded.model.inputs],
-                    "outputs": [spec(s) for s in loaded.model.outputs]}
+                    "platform": "onnxruntime_onnx", "inputs": [_v2_spec(s) for s in loaded.model.inputs],
+                    "outputs": [_v2_spec(s) for s in loaded.model.outputs]}
+
+
+def _v2_spec(spec: Any) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": DTYPE_V2.get(spec.dtype, spec.dtype),
+            "shape": [d if isinstance(d, int) else -1 for d in (spec.shape or ())]}
 
 
 def _dtype(arr: np.ndarray) -> str:

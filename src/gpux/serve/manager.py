@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -129,7 +130,7 @@ class ModelManager:
             if task is None:
                 task = asyncio.get_running_loop().create_task(self._load(name))
                 self._loading[name] = task
-                task.add_done_callback(lambda _t, n=name: self._loading.pop(n, None))
+                task.add_done_callback(functools.partial(self._loaded_or_failed, name))
             loaded = await asyncio.shield(task)
         if keep_alive_s is not None:
             loaded.keep_alive_s = keep_alive_s
@@ -149,6 +150,9 @@ class ModelManager:
             if loaded.keep_alive_s == 0 and loaded.active == 0:
                 await self.unload(loaded.name, reason="expired")
 
+    def _loaded_or_failed(self, name: str, _task: object) -> None:
+        self._loading.pop(name, None)
+
     async def _load(self, name: str) -> Loaded:
         estimate = self._estimate(name)
         if self.budget is not None and estimate > self.budget:
@@ -163,8 +167,7 @@ class ModelManager:
             took = time.perf_counter() - start
             memory = max(estimate, _rss_bytes() - before)
             loaded = Loaded(name, model, task, None, memory, took, self.default_keep_alive)  # type: ignore[arg-type]
-            loaded.batcher = Batcher(loaded.run_items, self.batch,
-                                     on_batch=lambda n, s, m=name: self.metrics.batch(m, n, s))
+            loaded.batcher = Batcher(loaded.run_items, self.batch, on_batch=functools.partial(self.metrics.batch, name))
             self.models[name] = loaded
             self.metrics.loaded(name, memory)
             return loaded

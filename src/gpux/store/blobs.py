@@ -28,6 +28,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from gpux.errors import StoreError
 
@@ -48,6 +49,20 @@ def stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
+def _hash(src: Path, copy_to: BinaryIO | None) -> str:
+    """sha256 of ``src``, copying it to ``copy_to`` on the way; the data is fsynced before returning."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fin:
+        while chunk := fin.read(CHUNK):
+            h.update(chunk)
+            if copy_to is not None:
+                copy_to.write(chunk)
+        target = copy_to if copy_to is not None else fin
+        target.flush()
+        os.fsync(target.fileno())
+    return h.hexdigest()
+
+
 class Blobs:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -65,63 +80,32 @@ class Blobs:
         With ``move`` (``src`` is a scratch file on the store's filesystem) the
         file is hashed in place and renamed into ``blobs/`` instead of copied.
         """
-        if move:
-            return self._adopt(src, expected)
+        staged: Path | None = None
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.tmp.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix="blob-", dir=self.tmp)
-        except OSError as exc:
-            raise StoreError(f"cannot write to the model store {self.root}: {exc.strerror}",
-                             hint="set GPUX_HOME to a writable folder") from exc
-        tmp = Path(tmp_name)
-        try:
-            h = hashlib.sha256()
-            size = 0
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as fin:
-                while chunk := fin.read(CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            digest = h.hexdigest()
+            if move:
+                staged, digest = src, _hash(src, None)
+            else:
+                self.tmp.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix="blob-", dir=self.tmp)
+                staged = Path(name)
+                with os.fdopen(fd, "wb") as out:
+                    digest = _hash(src, out)
             if expected is not None and digest != expected:
                 raise CorruptBlobError(f"{src.name}: sha256 {digest[:12]}… is not the expected {expected[:12]}…",
                                        hint="the source changed or is damaged; fetch it again")
             if before_commit is not None:
-                before_commit(tmp)
+                before_commit(staged)
             final = self.path(digest)
-            tmp.chmod(0o444)
-            os.replace(tmp, final)
-            return digest, size, stamp(final)
-        except OSError as exc:
-            raise StoreError(f"could not store {src.name}: {exc}",
-                             hint="check free disk space and permissions of GPUX_HOME") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _adopt(self, src: Path, expected: str | None) -> tuple[str, int, list[int]]:
-        h = hashlib.sha256()
-        try:
-            with open(src, "rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    h.update(chunk)
-                os.fsync(fh.fileno())
-            digest = h.hexdigest()
-            if expected is not None and digest != expected:
-                raise CorruptBlobError(f"{src.name}: sha256 {digest[:12]}… is not the expected {expected[:12]}…",
-                                       hint="the source changed or is damaged; fetch it again")
-            if before_commit is not None:
-                before_commit(src)
-            self.dir.mkdir(parents=True, exist_ok=True)
-            final = self.path(digest)
-            src.chmod(0o444)
-            os.replace(src, final)
+            staged.chmod(0o444)
+            os.replace(staged, final)
             return digest, final.stat().st_size, stamp(final)
         except OSError as exc:
             raise StoreError(f"could not store {src.name}: {exc}",
                              hint="check free disk space and permissions of GPUX_HOME") from exc
+        finally:
+            if staged is not None and not move:
+                staged.unlink(missing_ok=True)
 
     def check(self, digest: str, size: int, verified: list[int] | None) -> list[int]:
         """Verify blob ``digest`` of ``size`` bytes; returns its current stamp.
