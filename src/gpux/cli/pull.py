@@ -19,41 +19,79 @@ def pull(
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit sha."),  # noqa: UP007
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
     force: bool = typer.Option(False, "--force", help="Convert again even if a matching bundle is stored."),
+    optimize: Optional[str] = typer.Option(None, "--optimize", help="O1, O2 or O3: graph optimisations saved."),  # noqa: UP007
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 or fp16 (inputs/outputs stay as they are)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic quantisation."),  # noqa: UP007
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Refuse a variant below this cosine."),  # noqa: UP007
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Classifiers: argmax agreement floor."),  # noqa: UP007
 ) -> None:
     """Pull MODEL and convert it; afterwards `gpux run MODEL` is instant."""
+    from gpux.convert.optimize import Variant
     from gpux.registry import locate
     from gpux.store import stats
     from gpux.store.local import Store
 
     from gpux.cli.progress import download_progress, rich_tqdm
 
+    variant = Variant(optimize.upper() if optimize else None, dtype, quantize)  # checked before any work
     console = common.err_console()
     with download_progress(console) as progress:
         located = locate(model, revision, allow_pickle, rich_tqdm(progress, f"downloading {model}"))
     store = Store()
     with store.lock(located.name):  # a second pull of the same model waits, then finds it stored
         hit = None if force else _stored(store, located.name, located.source, task)
-        if hit is not None:
-            stats.record(store.root, hit, hit=True)
-            console.print(f"{hit} is up to date", markup=False, highlight=False)
-            typer.echo(hit)
-            return
+        if hit is None:
+            try:
+                from gpux.convert.pipeline import convert
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise ConvertError(f"converting needs the convert extra ({exc.name} is missing)",
+                                   hint="pip install 'gpux[convert]'") from exc
+            with console.status(f"converting {located.name} (export + parity check)"):
+                bundle = convert(located.folder, name=located.name, source=located.source, task=task,
+                                 allow_pickle=allow_pickle, store=store)
+    if hit is not None:
+        ref = hit
+        stats.record(store.root, ref, hit=True)
+        console.print(f"{ref} is up to date", markup=False, highlight=False)
+    else:
+        ref = f"{bundle.name}:{bundle.manifest.tag}"
+        stats.record(store.root, ref, hit=False)
+        conv = bundle.manifest.conversion
+        par = conv["parity"]
+        console.print(f"pulled {ref}  task {bundle.manifest.task}, "
+                      f"parity cosine {par['cosine_min']:.6f} max-abs {par['max_abs']:.2e}, "
+                      f"converted in {conv['seconds']:.1f} s", markup=False, highlight=False)
+    # A variant takes the model's lock itself (flock is per open file: never nest it).
+    typer.echo(ref if variant.empty else _variant(store, ref, variant, min_cosine, min_agreement, force))
+
+
+def _variant(store: Store, base: str, variant: Any, min_cosine: float | None, min_agreement: float | None,
+             force: bool) -> str:
+    """``name:tag`` of ``variant`` of the stored ``base``, made unless an up-to-date one is stored."""
+    from gpux.convert.optimize import make_variant
+    from gpux.errors import GpuxError
+
+    name, _, tag = base.partition(":")
+    ref = f"{name}:{tag}-{variant.suffix()}"
+    console = common.err_console()
+    with store.lock(name):
         try:
-            from gpux.convert.pipeline import convert
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ConvertError(f"converting needs the convert extra ({exc.name} is missing)",
-                               hint="pip install 'gpux[convert]'") from exc
-        with console.status(f"converting {located.name} (export + parity check)"):
-            bundle = convert(located.folder, name=located.name, source=located.source, task=task,
-                             allow_pickle=allow_pickle, store=store)
-    ref = f"{bundle.name}:{bundle.manifest.tag}"
-    stats.record(store.root, ref, hit=False)
-    conv = bundle.manifest.conversion
-    par = conv["parity"]
-    console.print(f"pulled {ref}  task {bundle.manifest.task}, "
-                  f"parity cosine {par['cosine_min']:.6f} max-abs {par['max_abs']:.2e}, "
-                  f"converted in {conv['seconds']:.1f} s", markup=False, highlight=False)
-    typer.echo(ref)
+            current = store.manifest(ref).conversion.get("base_digest")
+            base_digest = store.manifest(base).files[store.manifest(base).graphs["model"]]["sha256"]
+            if current == base_digest and not force:
+                store.get(ref)
+                console.print(f"{ref} is up to date", markup=False, highlight=False)
+                return ref
+        except GpuxError:
+            pass
+        with console.status(f"making {ref} (and checking it against fp32)"):
+            bundle = make_variant(base, variant, store=store, min_cosine=min_cosine, min_agreement=min_agreement)
+    par = bundle.manifest.conversion["parity_vs_fp32"]
+    agree = f", argmax agreement {par['argmax_agreement']:.1%}" if "argmax_agreement" in par else ""
+    size = store.size(bundle.manifest) / 1e6
+    console.print(f"made {ref}  ({size:.1f} MB) vs fp32: cosine {par['cosine_min']:.5f}, max-abs {par['max_abs']:.2e}"
+                  f"{agree}", markup=False, highlight=False)
+    return ref
 
 
 def _stored(store: Store, name: str, source: dict[str, Any], task: str | None) -> str | None:

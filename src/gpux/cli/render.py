@@ -69,6 +69,18 @@ def inspect_view(info: dict[str, Any]) -> Group:
         for k, v in g["metadata"].items():
             head.add_row(escape(f"metadata {k}"), escape(v))
         parts += [head, _specs("inputs", g["inputs"]), _specs("outputs", g["outputs"])]
+    conv = info.get("conversion") or {}
+    if conv:
+        line = (f"[bold]conversion[/] {escape(str(conv.get('exporter')))} opset {conv.get('opset')}, "
+                f"{conv.get('dtype')}" + (f", optimize {conv['optimize']}" if conv.get("optimize") else ""))
+        if conv.get("parity"):
+            line += f"; vs PyTorch: cosine {conv['parity']['cosine_min']:.6f}, max-abs {conv['parity']['max_abs']:.2e}"
+        vs = conv.get("parity_vs_fp32")
+        if vs:
+            line += f"; vs fp32: cosine {vs['cosine_min']:.5f}, max-abs {vs['max_abs']:.2e}"
+            if vs.get("argmax_agreement") is not None:
+                line += f", argmax agreement {vs['argmax_agreement']:.1%}"
+        parts.append(line)
     prov = info["providers"]
     runtime = info["runtime"]
     parts.append(f"[bold]providers[/] session: {', '.join(prov['session'])}; available: {', '.join(prov['available'])}")

@@ -15,6 +15,8 @@ class Architecture:
     inputs: tuple[str, ...]
     #: Position ids reserved before the first token (RoBERTa family: padding_idx + 1).
     position_offset: int = 0
+    #: onnxruntime.transformers optimizer model type (its fusion patterns) for --optimize O2/O3.
+    ort_model_type: str = "bert"
 
 
 _TEXT3 = ("input_ids", "attention_mask", "token_type_ids")

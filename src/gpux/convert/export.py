@@ -65,7 +65,7 @@ def _load(folder: Path, task: str, allow_pickle: bool) -> tuple[Any, Architectur
     if not has_safetensors and not allow_pickle:
         raise ConvertError("the model has no .safetensors weights, only pickle files",
                            hint="pickle can run code when loaded; pass --allow-pickle if you trust the source")
-    model = auto.from_pretrained(folder, use_safetensors=has_safetensors, attn_implementation="sdpa")
+    model = auto.from_pretrained(folder, use_safetensors=has_safetensors, attn_implementation="eager")  # the graph shape ORT fuses into Attention
     return model.eval(), arch
 
 

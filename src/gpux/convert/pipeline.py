@@ -78,6 +78,10 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
         task_cfg: dict[str, Any] = {
             "task": task, "max_length": _max_length(folder, config, exported.architecture.position_offset),
             "inputs": list(exported.architecture.inputs), "output": exported.output, **tok,
+            "model_type": exported.architecture.model_type, "ort_model_type": exported.architecture.ort_model_type,
+            # The transformer optimizer cannot infer these from our graphs; without them no Attention fusion.
+            "num_heads": int(config.get("num_attention_heads") or config.get("n_heads") or 0),
+            "hidden_size": int(config.get("hidden_size") or config.get("dim") or 0),
         }
         if task == "feature-extraction":
             task_cfg.update(_pooling(folder))

@@ -40,6 +40,7 @@ def describe(model: Model) -> dict[str, Any]:
         "name": m.name,
         "task": m.task,
         "source": m.source,
+        "conversion": m.conversion,
         "default_graph": m.default_graph,
         "graphs": graphs,
         "assets": m.assets,

@@ -126,11 +126,14 @@ class Store:
                                  hint=f"pull it with gpux pull {name}@{revision}")
 
     def _default_tag(self, name: str) -> str:
+        """``latest``, else the tag every other tag extends (``feature-extraction`` beside its
+        ``feature-extraction-int8`` variant), else an error listing the tags."""
         tags = self.tags(name)
         if "latest" in tags or not tags:
             return "latest"
-        if len(tags) == 1:
-            return tags[0]
+        base = min(tags, key=len)
+        if all(t == base or t.startswith(base + "-") for t in tags):
+            return base
         raise UsageError(f"model {name!r} has several tags: {', '.join(tags)}", hint=f"say which: {name}:{tags[0]}")
 
     @contextlib.contextmanager

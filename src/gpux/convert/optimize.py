@@ -1,0 +1,212 @@
+"""Optimisation and precision variants of a converted model, each parity-checked against its fp32 graph.
+
+A variant is its own store entry, tagged after its base: ``feature-extraction-o2-fp16``.
+Steps, in order, each optional:
+
+- ``--optimize O1``: onnxruntime's basic graph optimisations, saved;
+  ``O2``: plus onnxruntime.transformers fusions (Attention, SkipLayerNorm, BiasGelu...);
+  ``O3``: O2 with GELU approximated (FastGelu) and extended optimisations.
+- ``--dtype fp16``: weights and compute in float16, inputs/outputs kept as they were.
+- ``--quantize int8``: dynamic quantisation (int8 weights, activations quantised at run time).
+
+Parity: the base fp32 graph and the variant run the same real sentences (tokenized
+with the model's own tokenizer, batches of 1, 8 and 15); minimum cosine, max-abs
+and, for classifiers, argmax agreement are stored in the manifest. A variant
+under its tolerance is refused with the numbers and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpux.errors import ConvertError, UsageError
+from gpux.store.bundle import Bundle, Manifest
+from gpux.store.local import Store
+
+LEVELS = ("O1", "O2", "O3")
+#: Smallest cosine (and, for classifiers, argmax agreement) a variant may keep, by what it changes.
+TOLERANCE = {"fp32": (0.9999, 1.0), "fp16": (0.999, 0.99), "int8": (0.98, 0.95)}
+
+SENTENCES = (
+    "The film was a quiet triumph of patience and craft.", "I would not recommend this hotel to anyone.",
+    "Markets rallied after the central bank held rates steady.", "The recipe needs two cups of flour.",
+    "She scored twice in the final ten minutes.", "Battery life is disappointing on the new model.",
+    "A gentle rain fell over the harbour at dawn.", "Customer support answered within minutes, great!",
+    "The update broke my login and nobody replied.", "Photosynthesis turns light into chemical energy.",
+    "What time does the museum open on Sundays?", "This is, without doubt, the worst sequel ever made.",
+    "The committee postponed the vote until next spring.", "Fresh bread and strong coffee: a perfect morning.",
+    "Latency dropped by half after the cache was added.", "He forgot the keys again, of course.",
+    "The orchestra played Brahms with warmth and precision.", "Shipping took three weeks and the box was crushed.",
+    "Quantum computers exploit superposition and entanglement.", "Our team shipped the feature a day early.",
+    "The path winds through pine forest to a cold lake.", "Refund denied. Terrible experience overall.",
+    "Students debated the ethics of automation.", "It works.",
+)
+BATCHES = ((0, 1), (1, 9), (9, 24))
+
+
+@dataclass(frozen=True)
+class Variant:
+    optimize: str | None = None
+    dtype: str = "fp32"
+    quantize: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimize is not None and self.optimize.upper() not in LEVELS:
+            raise UsageError(f"--optimize {self.optimize!r} is not a level", hint="use O1, O2 or O3")
+        if self.dtype not in ("fp32", "fp16"):
+            raise UsageError(f"--dtype {self.dtype!r} is not supported", hint="use fp32 or fp16")
+        if self.quantize not in (None, "int8"):
+            raise UsageError(f"--quantize {self.quantize!r} is not supported", hint="use int8")
+        if self.dtype == "fp16" and self.quantize:
+            raise UsageError("--dtype fp16 and --quantize int8 do not combine", hint="pick one")
+
+    @property
+    def empty(self) -> bool:
+        return self.optimize is None and self.dtype == "fp32" and self.quantize is None
+
+    def suffix(self) -> str:
+        parts = [self.optimize.lower()] if self.optimize else []
+        return "-".join(parts + ([self.dtype] if self.dtype != "fp32" else []) + ([self.quantize] if self.quantize else []))
+
+    @property
+    def precision(self) -> str:
+        return self.quantize or self.dtype
+
+
+def _optimize(src: Path, dst: Path, level: str, task_cfg: dict[str, Any]) -> None:
+    import logging
+
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    model_type = task_cfg.get("ort_model_type", "bert")
+    opts = FusionOptions(model_type)
+    opts.enable_gelu_approximation = level == "O3"
+    model = optimizer.optimize_model(str(src), model_type=model_type, optimization_options=opts,
+                                     num_heads=int(task_cfg.get("num_heads", 0)),
+                                     hidden_size=int(task_cfg.get("hidden_size", 0)),
+                                     opt_level={"O1": 1, "O2": 1, "O3": 2}[level], only_onnxruntime=level == "O1")
+    model.save_model_to_file(str(dst))
+
+
+def _fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(src)))
+    model.convert_float_to_float16(keep_io_types=True)  # Softmax/LayerNorm inputs stay numerically safe
+    model.save_model_to_file(str(dst))
+
+
+def _int8(src: Path, dst: Path) -> None:
+    """Dynamic int8, per-channel weights: of the eight weight-type x per-channel x reduce-range settings
+    tried on all-MiniLM-L6-v2 here, this kept the most accuracy (docs/optimize.md)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops lack inferred types
+
+
+def _outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [sess.run(None, f)[0].astype(np.float32) for f in feeds]
+
+
+def _cosines(r: np.ndarray, g: np.ndarray) -> np.ndarray:
+    return (r * g).sum(-1) / np.maximum(np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1), 1e-12)
+
+
+def parity(base: Bundle, candidate: Path, is_classifier: bool) -> dict[str, Any]:
+    """Base fp32 graph vs ``candidate`` on real sentences, compared on what users get.
+
+    Embedding models: the pooled sentence embeddings (cosine, max-abs), plus the
+    worst single token state's cosine for information. Classifiers: logits
+    (cosine, max-abs) and argmax agreement.
+    """
+    from gpux.engine.model import load
+    from gpux.tasks.embeddings import pool
+    from gpux.tasks.text import TextEncoder
+
+    encode = TextEncoder(load(base, "cpu"))
+    mode = encode.config.get("pooling", "mean")
+    feeds = [encode(list(SENTENCES[a:b])) for a, b in BATCHES]
+    ref, got = _outputs(base.graph_path(), feeds), _outputs(candidate, feeds)
+    cos_min, max_abs, token_cos, agree, total = 1.0, 0.0, 1.0, 0, 0
+    for f, r, g in zip(feeds, ref, got):
+        if r.ndim == 3:  # token states -> sentence embeddings, as the task computes them
+            keep = f["attention_mask"].astype(bool)
+            token_cos = min(token_cos, float(_cosines(r[keep], g[keep]).min()))
+            r, g = pool(r, f["attention_mask"], mode), pool(g, f["attention_mask"], mode)
+        else:
+            agree += int((r.argmax(-1) == g.argmax(-1)).sum())
+            total += r.shape[0]
+        cos_min = min(cos_min, float(_cosines(r, g).min()))
+        max_abs = max(max_abs, float(np.abs(r - g).max()))
+    out: dict[str, Any] = {"cosine_min": cos_min, "max_abs": max_abs, "sentences": len(SENTENCES)}
+    if is_classifier:
+        out["argmax_agreement"] = agree / max(total, 1)
+    else:
+        out["token_cosine_min"] = token_cos
+    return out
+
+
+def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
+                 min_cosine: float | None = None, min_agreement: float | None = None) -> Bundle:
+    """Derive ``variant`` from the stored fp32 model ``base_ref`` and store it next to it."""
+    store = store or Store()
+    base = store.get(base_ref)
+    m = base.manifest
+    task_cfg = json.loads((base.root / m.assets["task_config"]).read_text(encoding="utf-8"))
+    # O3 approximates GELU: hold it to the fp16 tolerance rather than the exact-fp32 one.
+    key = "fp16" if variant.precision == "fp32" and variant.optimize == "O3" else variant.precision
+    cos_floor, agree_floor = TOLERANCE[key]
+    cos_floor = min_cosine if min_cosine is not None else cos_floor
+    agree_floor = min_agreement if min_agreement is not None else agree_floor
+    work = store.scratch("variant-")
+    try:
+        start = time.perf_counter()
+        current = base.graph_path()
+        steps = ((variant.optimize, lambda s, d: _optimize(s, d, str(variant.optimize).upper(), task_cfg)),
+                 (variant.dtype == "fp16" or None, _fp16), (variant.quantize, _int8))
+        for i, (wanted, fn) in enumerate(steps):
+            if wanted:
+                nxt = work / f"step{i}.onnx"
+                try:
+                    fn(current, nxt)
+                except Exception as exc:  # optimiser/quantiser raise many types
+                    raise ConvertError(f"making the {variant.suffix()} variant failed: {type(exc).__name__}: {exc}",
+                                       hint="try another --optimize level or precision") from exc
+                current = nxt
+        result = parity(base, current, "labels" in task_cfg)
+        result.update(threshold_cosine=cos_floor, threshold_argmax_agreement=agree_floor if "labels" in task_cfg else None)
+        if result["cosine_min"] < cos_floor or result.get("argmax_agreement", 1.0) < agree_floor:
+            raise ConvertError(
+                f"the {variant.suffix()} variant loses too much: cosine {result['cosine_min']:.5f} (min {cos_floor}), "
+                f"max-abs {result['max_abs']:.3g}" + (f", argmax agreement {result['argmax_agreement']:.1%} "
+                                                     f"(min {agree_floor:.0%})" if "argmax_agreement" in result else ""),
+                hint="nothing was stored; loosen --min-cosine/--min-agreement to accept it")
+        tag = f"{m.tag}-{variant.suffix()}"
+        manifest = Manifest(
+            name=m.name, tag=tag, task=m.task, graphs=dict(m.graphs), assets=dict(m.assets), source=dict(m.source),
+            runtime=dict(m.runtime), serving=dict(m.serving),
+            conversion={**m.conversion, "dtype": variant.precision, "optimize": variant.optimize,
+                        "quantize": variant.quantize, "base": f"{m.name}:{m.tag}",
+                        "base_digest": m.files[m.graphs["model"]]["sha256"],
+                        "variant_seconds": round(time.perf_counter() - start, 3), "parity_vs_fp32": result})
+        graph_name = m.graphs["model"]
+        files = {name: store.blobs.path(e["sha256"]) for name, e in m.files.items() if name != graph_name}
+        files[graph_name] = current
+        return store.publish(manifest, files, move=frozenset({graph_name}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

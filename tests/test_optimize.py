@@ -1,0 +1,107 @@
+"""Optimisation and precision variants: each its own store entry, parity-checked against fp32."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpux
+import hf_models
+from conftest import gpux as cli
+from gpux.engine import onnxproto
+from gpux.store.local import Store
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("optimize-home")
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {"GPUX_HOME": str(home)}
+
+
+def _ops(store: Store, ref: str) -> dict[str, int]:
+    bundle = store.get(ref)
+    return dict(onnxproto.read(bundle.graph_path()).graph.op_types)
+
+
+def test_minilm_o2_fuses_and_fp16_halves_with_parity(home: Path) -> None:
+    store = Store(home)
+    res = cli("pull", MINILM, "--optimize", "O2", env=_env(home))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"{MINILM}:feature-extraction-o2"
+    ops = _ops(store, f"{MINILM}:feature-extraction-o2")
+    assert {"com.microsoft::Attention", "com.microsoft::SkipLayerNormalization"} <= set(ops), ops
+    assert sum(ops.values()) < sum(_ops(store, f"{MINILM}:feature-extraction").values()) / 5
+    conv = store.manifest(f"{MINILM}:feature-extraction-o2").conversion
+    assert conv["optimize"] == "O2" and conv["parity_vs_fp32"]["cosine_min"] >= 0.9999
+
+    res = cli("pull", MINILM, "--dtype", "fp16", env=_env(home))
+    assert res.returncode == 0, res.stderr
+    fp16 = store.manifest(f"{MINILM}:feature-extraction-fp16")
+    base = store.manifest(f"{MINILM}:feature-extraction")
+    assert fp16.conversion["dtype"] == "fp16" and fp16.conversion["parity_vs_fp32"]["cosine_min"] >= 0.999
+    ratio = fp16.files["model.onnx"]["size"] / base.files["model.onnx"]["size"]
+    assert 0.45 < ratio < 0.6
+    # The variant runs through the same task path; inputs and outputs keep their dtypes.
+    out = json.loads(cli("run", f"{MINILM}:feature-extraction-fp16", "-i", '{"inputs": ["a b c"]}', env=_env(home)).stdout)
+    ref = json.loads(cli("run", MINILM, "-i", '{"inputs": ["a b c"]}', env=_env(home)).stdout)  # base is the default tag
+    a, b = np.array(out["embeddings"][0]), np.array(ref["embeddings"][0])
+    assert float(a @ b) > 0.999
+    info = json.loads(cli("inspect", f"{MINILM}:feature-extraction-fp16", "--json", env=_env(home)).stdout)
+    assert info["conversion"]["parity_vs_fp32"]["cosine_min"] >= 0.999
+    assert info["graphs"]["model"]["parameters_by_dtype"].get("float16", 0) > 10_000_000
+    again = cli("pull", MINILM, "--dtype", "fp16", env=_env(home))
+    assert again.returncode == 0 and again.stderr.count("is up to date") == 2
+
+
+def test_int8_is_refused_below_tolerance_with_the_numbers_and_kept_when_allowed(home: Path) -> None:
+    store = Store(home)
+    res = cli("pull", MINILM, "--quantize", "int8", "--min-cosine", "0.9999", env=_env(home))
+    assert res.returncode == 7 and "loses too much: cosine 0.9" in res.stderr and "max-abs" in res.stderr
+    assert f"feature-extraction-int8" not in store.tags(MINILM)
+    res = cli("pull", MINILM, "--quantize", "int8", "--min-cosine", "0.9", env=_env(home))
+    assert res.returncode == 0, res.stderr
+    m = store.manifest(f"{MINILM}:feature-extraction-int8")
+    assert m.files["model.onnx"]["size"] < store.manifest(MINILM).files["model.onnx"]["size"] / 3
+    assert 0.9 <= m.conversion["parity_vs_fp32"]["cosine_min"] < 1.0
+    assert "com.microsoft::DynamicQuantizeMatMul" in _ops(store, f"{MINILM}:feature-extraction-int8") or \
+        "MatMulInteger" in _ops(store, f"{MINILM}:feature-extraction-int8")
+
+
+def test_classifier_variants_record_argmax_agreement(tmp_path: Path, home: Path) -> None:
+    folder = hf_models.tiny(tmp_path / "tiny-cls", "bert")
+    hf_models.set_architectures(folder, ["BertForSequenceClassification"])
+    store = Store(home)
+    for args, tag in ((["--optimize", "O3"], "o3"), (["--quantize", "int8", "--min-cosine", "0.5",
+                                                       "--min-agreement", "0"], "int8")):
+        res = cli("pull", str(folder), *args, env=_env(home))
+        assert res.returncode == 0, res.stderr
+        par = store.manifest(f"tiny-cls:text-classification-{tag}").conversion["parity_vs_fp32"]
+        assert 0.0 <= par["argmax_agreement"] <= 1.0 and par["sentences"] == 24
+    o3 = store.manifest("tiny-cls:text-classification-o3").conversion["parity_vs_fp32"]
+    assert o3["argmax_agreement"] == 1.0
+    preds = json.loads(cli("run", "tiny-cls:text-classification-o3", "-i", '{"inputs": "ok"}', env=_env(home)).stdout)
+    assert len(preds["predictions"][0]) == 3
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--optimize", "O9"], "is not a level"),
+    (["--dtype", "bf16"], "is not supported"),
+    (["--dtype", "fp16", "--quantize", "int8"], "do not combine"),
+])
+def test_bad_variant_flags(home: Path, args: list[str], words: str) -> None:
+    res = cli("pull", MINILM, *args, env=_env(home))
+    assert res.returncode == 2 and words in res.stderr
+
+
+def test_default_tag_is_the_base_beside_its_variants(home: Path) -> None:
+    store = Store(home)
+    assert store._default_tag(MINILM) == "feature-extraction"  # noqa: SLF001
+    assert gpux.load(MINILM, store=store).bundle.manifest.tag == "feature-extraction"
