@@ -35,6 +35,9 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/pull_convert_run.py
 	$(PY) benchmarks/vs_pytorch.py
+	$(PY) benchmarks/exporters.py
+	$(PY) benchmarks/precisions.py
+	$(PY) benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV)
