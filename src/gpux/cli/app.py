@@ -13,6 +13,7 @@ import typer
 
 from gpux._version import __version__
 from gpux.cli import build as build_cmd
+from gpux.cli.bench import bench_app
 from gpux.cli import common
 from gpux.cli import inspect as inspect_cmd
 from gpux.cli import pull as pull_cmd
@@ -54,6 +55,7 @@ app.command("serve")(serve_cmd.serve)
 app.command("ls")(store_cmds.ls)
 app.command("rm", no_args_is_help=True)(store_cmds.rm)
 app.command("prune")(store_cmds.prune)
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,8 @@ def _outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]
 
 
 def _cosines(r: np.ndarray, g: np.ndarray) -> np.ndarray:
-    return (r * g).sum(-1) / np.maximum(np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1), 1e-12)
+    out: np.ndarray = (r * g).sum(-1) / np.maximum(np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1), 1e-12)
+    return out
 
 
 def parity(base: Bundle, candidate: Path, is_classifier: bool) -> dict[str, Any]:
@@ -177,8 +179,11 @@ def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
     try:
         start = time.perf_counter()
         current = base.graph_path()
-        steps = ((variant.optimize, lambda s, d: _optimize(s, d, str(variant.optimize).upper(), task_cfg)),
-                 (variant.dtype == "fp16" or None, _fp16), (variant.quantize, _int8))
+        def optimise(src: Path, dst: Path) -> None:
+            _optimize(src, dst, str(variant.optimize).upper(), task_cfg)
+
+        steps: tuple[tuple[object, Callable[[Path, Path], None]], ...] = (
+            (variant.optimize, optimise), (variant.dtype == "fp16" or None, _fp16), (variant.quantize, _int8))
         for i, (wanted, fn) in enumerate(steps):
             if wanted:
                 nxt = work / f"step{i}.onnx"
