@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import env_line, spread, write  # noqa: E402
-from vs_pytorch import flops_per_sequence, sentences  # noqa: E402
+from vs_pytorch import distilbert_base, flops_per_sequence, sentences  # noqa: E402
 
 VARIANTS = (("fp32", {}), ("O2", {"optimize": "O2"}), ("fp16", {"dtype": "fp16"}),
             ("int8", {"quantize": "int8"}), ("O2+int8", {"optimize": "O2", "quantize": "int8"}))
@@ -65,7 +65,6 @@ def main() -> None:
     import torch
     import transformers as tf
 
-    import hf_models
     from gpux.bench.env import environment
     from gpux.convert.optimize import Variant, make_variant
     from gpux.convert.pipeline import convert
@@ -78,13 +77,7 @@ def main() -> None:
     peak = matmul_peak()
     work = Path(tempfile.mkdtemp(prefix="gpux-precisions-"))
     folder = work / "distilbert-base"
-    cfg = tf.DistilBertConfig(num_labels=2)
-    cfg.architectures = ["DistilBertForSequenceClassification"]
-    torch.manual_seed(0)
-    pt = tf.AutoModelForSequenceClassification.from_config(cfg).eval()
-    pt.save_pretrained(folder)
-    for name in hf_models.TOKENIZER_FILES:
-        (folder / name).write_bytes((hf_models.minilm_folder() / name).read_bytes())
+    cfg, pt = distilbert_base(folder)
     store = Store(work / "home")
     base = convert(folder, name="distilbert-base", source={"kind": "local"}, store=store)
     tok = tf.AutoTokenizer.from_pretrained(folder)

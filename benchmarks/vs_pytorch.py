@@ -36,6 +36,25 @@ def sentences(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 60))) for _ in range(n)]
 
 
+def distilbert_base(folder: Path) -> tuple[Any, Any]:
+    """Save a DistilBERT-base classifier (random weights, seed 0) with the MiniLM WordPiece tokenizer
+    (same 30522-token vocabulary); returns (config, the PyTorch model)."""
+    import torch
+    import transformers as tf
+
+    import hf_models
+
+    cfg = tf.DistilBertConfig(num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                              label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    cfg.architectures = ["DistilBertForSequenceClassification"]
+    torch.manual_seed(0)
+    pt = tf.AutoModelForSequenceClassification.from_config(cfg).eval()
+    pt.save_pretrained(folder)
+    for name in hf_models.TOKENIZER_FILES:
+        (folder / name).write_bytes((hf_models.minilm_folder() / name).read_bytes())
+    return cfg, pt
+
+
 def flops_per_sequence(cfg: Any, seq: int) -> float:
     """Multiply-adds x2 of the encoder's matmuls for one sequence (embeddings excluded)."""
     d, ff, layers = cfg.dim, cfg.hidden_dim, cfg.n_layers
@@ -54,7 +73,6 @@ def main() -> None:
     import torch
     import transformers as tf
 
-    import hf_models
     from gpux.bench.env import environment
     from gpux.convert.pipeline import convert
     from gpux.engine.model import load
@@ -65,14 +83,7 @@ def main() -> None:
     torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="gpux-vs-pytorch-"))
     folder = work / "distilbert-base-sst2-shaped"
-    cfg = tf.DistilBertConfig(num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
-                              label2id={"NEGATIVE": 0, "POSITIVE": 1})
-    cfg.architectures = ["DistilBertForSequenceClassification"]
-    torch.manual_seed(0)
-    pt = tf.AutoModelForSequenceClassification.from_config(cfg).eval()
-    pt.save_pretrained(folder)
-    for name in hf_models.TOKENIZER_FILES:
-        (folder / name).write_bytes((hf_models.minilm_folder() / name).read_bytes())
+    cfg, pt = distilbert_base(folder)
 
     t0 = time.perf_counter()
     bundle = convert(folder, name="distilbert-base-bench", source={"kind": "local", "path": str(folder)},
