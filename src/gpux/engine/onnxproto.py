@@ -147,9 +147,7 @@ def _node(buf: memoryview, span: tuple[int, int], stats: GraphStats) -> None:
             domain = _str(buf, v)
         elif num == 5:  # attribute: may hold subgraphs (If/Loop/Scan bodies)
             for anum, _, av in _fields(buf, *v):
-                if anum == 6:
-                    _graph(buf, av, stats, top=False)
-                elif anum == 11:
+                if anum in (6, 11):  # g, graphs
                     _graph(buf, av, stats, top=False)
                 elif anum == 5:  # a tensor attribute (Constant node weights)
                     _tensor(buf, av, stats)

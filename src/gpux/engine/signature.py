@@ -30,7 +30,6 @@ ORT_TYPES: dict[str, str] = {
 }
 _NUMPY: dict[str, Any] = {n: (object if n == "string" else np.dtype(n))
                           for n in ORT_TYPES.values() if n != "bfloat16"}
-DTYPES: tuple[str, ...] = tuple(_NUMPY)
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,6 @@ class Batcher:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue(maxsize=config.max_queue)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpux-infer")
         self._worker: asyncio.Task[None] | None = None
-        self.in_flight = 0
 
     def start(self) -> None:
         if self._worker is None:
@@ -97,11 +96,7 @@ class Batcher:
         except asyncio.QueueFull:
             raise QueueFullError(f"the queue for this model is full ({self.config.max_queue} requests waiting)",
                                  hint="retry after a moment, or raise --max-queue") from None
-        self.in_flight += 1
-        try:
-            return await asyncio.wait_for(asyncio.shield(req.future), timeout_s or self.config.timeout_s)
-        finally:
-            self.in_flight -= 1
+        return await asyncio.wait_for(asyncio.shield(req.future), timeout_s or self.config.timeout_s)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
