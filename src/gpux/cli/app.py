@@ -20,6 +20,7 @@ from gpux.cli import pull as pull_cmd
 from gpux.cli import run as run_cmd
 from gpux.cli import serve as serve_cmd
 from gpux.cli import store_cmds
+from gpux.cli import validate as validate_cmd
 from gpux.errors import GpuxError
 
 app = typer.Typer(
@@ -55,6 +56,7 @@ app.command("serve")(serve_cmd.serve)
 app.command("ls")(store_cmds.ls)
 app.command("rm", no_args_is_help=True)(store_cmds.rm)
 app.command("prune")(store_cmds.prune)
+app.command("validate", no_args_is_help=True)(validate_cmd.validate)
 app.add_typer(bench_app, name="bench")
 
 

@@ -104,6 +104,8 @@ class Store:
         return self.root / "manifests" / name / f"{tag}.json"
 
     def tags(self, name: str) -> list[str]:
+        if not _NAME.match(name):  # never a path outside the store
+            return []
         folder = self.root / "manifests" / name
         return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
