@@ -5,7 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
+
+
+def read_object(path: Path, error: type[Exception], hint: str, what: str = "") -> dict[str, Any]:
+    """The JSON object in ``path``, or ``error(message, hint=hint)`` saying why it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise error(f"cannot read {what + ' ' if what else ''}{path}: {exc}", hint=hint) from exc  # type: ignore[call-arg]
+    if not isinstance(data, dict):
+        raise error(f"{path} is not a JSON object", hint=hint)  # type: ignore[call-arg]
+    return data
 
 
 def to_jsonable(value: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,9 @@ bench_app = typer.Typer(help="Benchmark tools.", no_args_is_help=True, add_compl
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read benchmark result {path}: {exc}", hint="give a results JSON file") from exc
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} is not a benchmark result object", hint="give a results JSON file")
-    return data
+    from gpux.jsonout import read_object
+
+    return read_object(path, UsageError, "give a benchmark results JSON file", what="benchmark result")
 
 
 @bench_app.command("compare")

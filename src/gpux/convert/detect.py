@@ -6,12 +6,12 @@ the config's ``architectures`` suffix, the model card's ``pipeline_tag``.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from gpux.errors import ConvertError
+from gpux.jsonout import read_object
 
 #: Task name -> what a config's architectures may end with.
 ARCH_SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -27,13 +27,7 @@ PIPELINE_TAGS: dict[str, str] = {
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConvertError(f"cannot read {path.name}: {exc}", hint="the model folder looks incomplete; pull it again") from exc
-    if not isinstance(data, dict):
-        raise ConvertError(f"{path.name} is not a JSON object", hint="pull the model again")
-    return data
+    return read_object(path, ConvertError, "the model folder looks incomplete; pull it again")
 
 
 def pipeline_tag(folder: Path) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -90,10 +91,7 @@ class Graph:
         except (OSError, ValueError):
             self.placement = None
         finally:
-            for f in Path(prof_dir or ".").glob("p*.json"):
-                f.unlink(missing_ok=True)
-            if prof_dir:
-                os.rmdir(prof_dir)
+            shutil.rmtree(prof_dir or "", ignore_errors=True)  # the profile folder is ours alone
 
 
 def _profile_dir() -> str:

@@ -22,6 +22,7 @@ Contracts:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -49,17 +50,18 @@ def stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def _hash(src: Path, copy_to: BinaryIO | None) -> str:
-    """sha256 of ``src``, copying it to ``copy_to`` on the way; the data is fsynced before returning."""
+def _hash(src: Path, copy_to: BinaryIO | None, sync: bool = True) -> str:
+    """sha256 of ``src``, copying it to ``copy_to`` on the way; with ``sync`` the data is fsynced first."""
     h = hashlib.sha256()
     with open(src, "rb") as fin:
         while chunk := fin.read(CHUNK):
             h.update(chunk)
             if copy_to is not None:
                 copy_to.write(chunk)
-        target = copy_to if copy_to is not None else fin
-        target.flush()
-        os.fsync(target.fileno())
+        if sync:
+            target = copy_to if copy_to is not None else fin
+            target.flush()
+            os.fsync(target.fileno())
     return h.hexdigest()
 
 
@@ -126,21 +128,15 @@ class Blobs:
                                    hint="it was deleted; pull or build the model again")
         if verified == now:
             return now
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                h.update(chunk)
-        if h.hexdigest() != digest:
+        if _hash(path, None, sync=False) != digest:
             self._drop(path)
             raise CorruptBlobError(f"blob sha256-{digest[:12]}… does not match its content",
                                    hint="it was deleted; pull or build the model again")
         return now
 
     def _drop(self, path: Path) -> None:
-        try:
+        with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
-        except OSError:
-            pass
 
     def all(self) -> dict[str, int]:
         """Every blob digest with its size."""
