@@ -136,11 +136,10 @@ def parity(base: Bundle, candidate: Path, is_classifier: bool) -> dict[str, Any]
     worst single token state's cosine for information. Classifiers: logits
     (cosine, max-abs) and argmax agreement.
     """
-    from gpux.engine.model import load
     from gpux.tasks.embeddings import pool
     from gpux.tasks.text import TextEncoder
 
-    encode = TextEncoder(load(base, "cpu"))
+    encode = TextEncoder(base)
     mode = encode.config.get("pooling", "mean")
     feeds = [encode(list(SENTENCES[a:b])) for a, b in BATCHES]
     ref, got = _outputs(base.graph_path(), feeds), _outputs(candidate, feeds)

@@ -22,7 +22,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Classifier:
     def __init__(self, model: Model) -> None:
         self.model = model
-        self.encode = TextEncoder(model)
+        self.encode = TextEncoder(model.bundle)
         self.labels: list[str] = self.encode.config["labels"]
 
     answer_key = "predictions"

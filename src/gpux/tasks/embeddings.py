@@ -29,7 +29,7 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
 class Embeddings:
     def __init__(self, model: Model) -> None:
         self.model = model
-        self.encode = TextEncoder(model)
+        self.encode = TextEncoder(model.bundle)
         self.mode: str = self.encode.config.get("pooling", "mean")
         self.normalize: bool = bool(self.encode.config.get("normalize", False))
 

@@ -10,16 +10,18 @@ import numpy as np
 from gpux.errors import ModelLoadError
 
 if TYPE_CHECKING:
-    from gpux.engine.model import Model
+    from gpux.store.bundle import Bundle
 
 
 class TextEncoder:
-    """Pads to the longest text in the batch and truncates to the model's max length."""
+    """Pads to the longest text in the batch and truncates to the model's max length.
 
-    def __init__(self, model: Model) -> None:
+    Built from the bundle, not a loaded model: tokenizing needs no session.
+    """
+
+    def __init__(self, bundle: Bundle) -> None:
         from tokenizers import Tokenizer
 
-        bundle = model.bundle
         try:
             self.config: dict[str, Any] = json.loads(
                 (bundle.root / bundle.manifest.assets["task_config"]).read_text(encoding="utf-8"))
@@ -46,6 +48,17 @@ class TextEncoder:
     @property
     def max_length(self) -> int:
         return int(self.config["max_length"])
+
+    def fix_length(self, length: int) -> None:
+        """Pad and truncate every batch to exactly ``length`` tokens (fixed shapes, as benchmarks need)."""
+        if not 1 <= length <= self.max_length:
+            from gpux.errors import UsageError
+
+            raise UsageError(f"sequence length {length} is outside this model's 1..{self.max_length}",
+                             hint=f"give sequence lengths up to {self.max_length}")
+        self.tokenizer.enable_truncation(max_length=length)
+        self.tokenizer.enable_padding(pad_id=int(self.config["pad_id"]), pad_token=self.config["pad_token"] or "[PAD]",
+                                      length=length)
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         encs = self.tokenizer.encode_batch(texts)
