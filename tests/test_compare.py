@@ -63,3 +63,15 @@ def test_gates_noise_and_overrides() -> None:
 def test_unreadable_input(tmp_path: Path) -> None:
     res = cli("bench", "compare", str(tmp_path / "nope.json"), str(tmp_path / "nope.json"))
     assert res.returncode == 2 and "cannot read benchmark result" in res.stderr
+
+
+def test_bench_points_take_noise_from_their_own_latency() -> None:
+    def doc(per_s: float, std: float) -> dict[str, object]:
+        point = {"latency": {"mean_ms": 10.0, "std_ms": std, "p50_ms": 10.0}, "items_per_s": per_s}
+        return {"models": {"m": {"precisions": {"fp32": {"gpux": {"points": {"b1": point}}}}}}}
+
+    key = "models.m.precisions.fp32.gpux.points.b1.items_per_s"
+    noisy = {r.metric: r for r in compare(doc(100.0, 2.0), doc(80.0, 2.0))}
+    assert noisy[key].noise == 0.4 and noisy[key].verdict == "noise"
+    steady = {r.metric: r for r in compare(doc(100.0, 0.1), doc(80.0, 0.1))}
+    assert steady[key].verdict == "REGRESSION"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,6 +30,7 @@ CONFIG_NAMES = ("gpux.yml", "gpux.yaml")
 DType = Literal["float32", "float16", "float64", "int64", "int32", "int16", "int8",
                 "uint8", "uint16", "uint32", "uint64", "bool", "string"]
 OptLevel = Literal["disable", "basic", "extended", "all"]
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -89,6 +90,11 @@ def find_config(folder: Path) -> Path | None:
 
 def load_config(path: Path) -> GpuxConfig:
     """Parse and validate ``path``; every problem becomes one :class:`ConfigError`."""
+    return load_yaml(path, GpuxConfig, "docs/config.md", "name, model, ...")
+
+
+def load_yaml(path: Path, schema: type[_M], docs: str, keys: str) -> _M:
+    """Read the YAML mapping at ``path`` into the strict pydantic ``schema``; problems -> one ConfigError."""
     import yaml
 
     try:
@@ -101,15 +107,14 @@ def load_config(path: Path) -> GpuxConfig:
         raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
                           hint="fix the YAML syntax") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must be a mapping of keys (name, model, ...)",
-                          hint="see docs/config.md for an example")
+        raise ConfigError(f"{path} must be a mapping of keys ({keys})", hint=f"see {docs} for an example")
     try:
-        return GpuxConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc)}", hint="see docs/config.md for every key") from exc
+        raise ConfigError(f"{path}: {describe_errors(exc)}", hint=f"see {docs} for every key") from exc
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"

@@ -69,7 +69,9 @@ def _spread(flat: dict[str, float], name: str, kind: str) -> float:
     scope = name.rsplit(".", 1)[0] if "." in name else ""
     std = flat.get(f"{scope}.std_ms" if scope else "std_ms")
     mean = flat.get(f"{scope}.mean_ms" if scope else "mean_ms")
-    if std is None or not mean:  # throughput sits beside the latency block, not inside it
+    if std is None or not mean:  # throughput sits beside its latency block (gpux bench points)
+        std, mean = flat.get(f"{scope}.latency.std_ms"), flat.get(f"{scope}.latency.mean_ms")
+    if std is None or not mean:  # ... or beside the one latency block of a gpux run --benchmark result
         std, mean = flat.get("latency.std_ms"), flat.get("latency.mean_ms")
     if std is None or not mean or kind == "memory":
         return 0.0

@@ -1,15 +1,33 @@
-"""``gpux bench compare``: regression gates between two benchmark results."""
+"""``gpux bench MODEL...`` (measure against baselines, write a report) and ``gpux bench compare`` (gates).
+
+``gpux bench MODEL`` is short for ``gpux bench run MODEL``: the group routes any
+first argument that is not one of its commands to ``run``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from gpux.errors import UsageError
 
-bench_app = typer.Typer(help="Benchmark tools.", no_args_is_help=True, add_completion=False)
+
+class _DefaultRun(TyperGroup):
+    """A group whose unknown first word is a model for ``run`` rather than an unknown command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+bench_app = typer.Typer(cls=_DefaultRun, no_args_is_help=True, add_completion=False,
+                        help="Measure models against raw onnxruntime and PyTorch (gpux bench MODEL...), "
+                             "or compare two results (gpux bench compare BASE.json NEW.json).")
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -58,3 +76,89 @@ def compare(
         console.print(f"{len(bad)} regression(s) in {len(rows)} metrics", markup=False)
     if bad:
         raise typer.Exit(1)
+
+
+@bench_app.command("run", no_args_is_help=True)
+def run(
+    models: Optional[list[str]] = typer.Argument(None, help="Models: Hub ids, HF folders, stored names, .onnx files."),  # noqa: UP007
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated (default 1,4,16)."),  # noqa: UP007
+    seq_lens: Optional[str] = typer.Option(None, "--seq-lens", help="Tokens per text, comma-separated (default 128)."),  # noqa: UP007
+    precisions: Optional[str] = typer.Option(None, "--precisions", help="fp32, fp16, int8, int8-static; O2+int8 adds "  # noqa: UP007
+                                             "graph fusions (default fp32). Missing variants are built."),
+    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs per point (default 20)."),  # noqa: UP007
+    warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="Untimed runs per point (default 3)."),  # noqa: UP007
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="onnxruntime,pytorch (default both) or none."),  # noqa: UP007
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads for every runner."),  # noqa: UP007
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help="gpux's provider (default: best here)."),  # noqa: UP007
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Accuracy floor for variants built "  # noqa: UP007
+                                               "here (default: per precision, see docs/optimize.md)."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Argmax agreement floor for "  # noqa: UP007
+                                                  "classifier variants built here."),
+    input: Optional[str] = typer.Option(None, "--input", "-i", help="Real inputs for raw ONNX models (JSON or "  # noqa: UP007
+                                        "@file, as gpux run takes); default: synthesised from the signature."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for results.json, report.md, plots."),  # noqa: UP007
+    suite: Optional[Path] = typer.Option(None, "--suite", help="A suite.yml with models and any of these settings."),  # noqa: UP007
+) -> None:
+    """Benchmark MODELs: latency percentiles, throughput, load time, memory, vs raw onnxruntime and PyTorch."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gpux.bench import report
+    from gpux.bench.plan import build_plan, split_list
+    from gpux.bench.suite import Target, failures, make_points, run_plan, total_steps
+    from gpux.cli import common
+    from gpux.cli.inputs import read_input
+    from gpux.store.local import Store
+    from gpux.tasks import unit_of
+
+    plan = build_plan(models or [], suite, {
+        "batch_sizes": split_list("--batch-sizes", batch_sizes, int), "seq_lens": split_list("--seq-lens", seq_lens, int),
+        "precisions": split_list("--precisions", precisions), "runs": runs, "warmup": warmup,
+        "baselines": split_list("--baseline", baseline), "threads": threads, "provider": provider, "input": input, "out": out,
+        "min_cosine": min_cosine, "min_agreement": min_agreement})
+    console = common.err_console()
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="gpux-bench-") as work:
+        targets = []
+        for entry in plan.entries():
+            bundle = common.bundle_or_pull(entry.model)
+            given = read_input(entry.input) if entry.input else None
+            targets.append(Target(entry.model, bundle, entry, unit_of(bundle.manifest.task), given))
+            make_points(targets[-1], Path(work))
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("bench", total=total_steps(plan, targets))
+
+            def progress(description: str | None, steps: int) -> None:
+                bar.update(task, advance=steps, **({"description": description} if description else {}))
+
+            doc = run_plan(plan, targets, progress, Store())
+    paths = report.write(doc, plan.out)
+    console.print(_summary(doc))
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}", markup=False, highlight=False, soft_wrap=True)
+    bad = failures(doc)
+    if bad:
+        for line in bad:
+            console.print(f"failed: {line}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _summary(doc: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    tables = []
+    for ref, m in doc["models"].items():
+        table = Table(title=ref, title_justify="left", show_header=True, header_style="bold", box=None)
+        for col in ("precision", "batch", "seq", "p50 ms", "p99 ms", f"{m['unit']}/s", "× raw ORT", "× PyTorch"):
+            table.add_column(col, justify="left" if col == "precision" else "right")
+        for label, p in m["precisions"].items():
+            for key, pt in p.get("gpux", {}).get("points", {}).items():
+                r = p.get("ratios", {}).get(key, {})
+                table.add_row(label, str(pt["batch_size"]), str(pt["seq_len"] or "—"),
+                              f"{pt['latency']['p50_ms']:.2f}", f"{pt['latency']['p99_ms']:.2f}",
+                              f"{pt[m['unit'] + '_per_s']:.1f}",
+                              *(f"{r[k]:.2f}" if k in r else "—" for k in ("vs_onnxruntime", "vs_pytorch")))
+        tables.append(table)
+    return Group(*tables)

@@ -43,8 +43,8 @@ def run(
     from gpux.tasks import for_model
 
     feed = read_input(input)
-    m = _load_or_pull(model, lambda ref: load(ref, provider, intra_op_threads=threads, graph_optimization=optimization,
-                                              placement=True, log_level=common.ort_log_level()))
+    m = load(common.bundle_or_pull(model), provider, intra_op_threads=threads, graph_optimization=optimization,
+             placement=True, log_level=common.ort_log_level())
     task = for_model(m)
     call: Callable[[], Any] = (lambda: task(feed)) if task is not None else (lambda: m.run(feed))
     if bench:
@@ -62,54 +62,6 @@ def run(
         output.write_text(text + "\n", encoding="utf-8")
     else:
         typer.echo(text)
-
-
-def _load_or_pull(ref: str, load: Callable[[str], Model]) -> Model:
-    """Load ``ref``; a Hub id or Hugging Face folder not converted yet is pulled first, in a child process.
-
-    The child keeps torch and transformers out of this process: `gpux run` never imports them.
-    """
-    import subprocess
-    import sys
-
-    from gpux.errors import ModelNotFoundError
-    from gpux.store import stats
-    from gpux.store.blobs import CorruptBlobError
-    from gpux.store.local import home, looks_like_hub_id
-
-    try:
-        model = load(_stored_folder(ref) or ref)
-    except (ModelNotFoundError, CorruptBlobError) as exc:
-        folder = Path(ref).expanduser()
-        if not (looks_like_hub_id(ref) or (folder / "config.json").is_file()):
-            raise
-        why = "a stored file was corrupt (deleted)" if isinstance(exc, CorruptBlobError) else "not converted yet"
-        common.err_console().print(f"{ref}: {why}; pulling it", markup=False, highlight=False)
-        child = subprocess.run([sys.executable, "-m", "gpux", "pull", ref], stdout=subprocess.PIPE, text=True)
-        if child.returncode != 0:
-            raise SystemExit(child.returncode) from None
-        return load(child.stdout.strip().splitlines()[-1])  # pull prints the stored name:tag last
-    if model.bundle.manifest.files:  # a stored model, not a bare file: count the cache hit
-        stats.record(home(), f"{model.name}:{model.bundle.manifest.tag}", hit=True)
-    return model
-
-
-def _stored_folder(ref: str) -> str | None:
-    """``name:tag`` of the stored conversion of a local Hugging Face folder ``ref``, if there is one."""
-    from gpux.errors import GpuxError
-    from gpux.store.local import Store
-
-    folder = Path(ref).expanduser()
-    if not (folder / "config.json").is_file():
-        return None
-    store, name = Store(), folder.resolve().name.lower()
-    for tag in store.tags(name):
-        try:
-            if store.manifest(f"{name}:{tag}").source == {"kind": "local", "path": str(folder.resolve())}:
-                return f"{name}:{tag}"
-        except GpuxError:
-            continue
-    return None
 
 
 def _benchmark(m: Model, feed: Mapping[str, Any], runs: int, warmup: int,

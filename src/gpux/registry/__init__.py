@@ -48,3 +48,28 @@ def locate(ref: str, revision: str | None = None, allow_pickle: bool = False,
     from gpux.registry import hub
 
     return hub.fetch(repo, revision, allow_pickle, tqdm_class)
+
+
+def source_folder(source: dict[str, Any]) -> Path | None:
+    """The local copy of a stored model's original files, found without the network; None if it is gone.
+
+    What PyTorch baselines load: the folder gpux converted from (a local folder,
+    an installed model package, or the Hub cache snapshot at the recorded commit).
+    """
+    kind = source.get("kind")
+    if kind == "local":
+        path = Path(str(source.get("path", "")))
+        return path if (path / "config.json").is_file() else None
+    if kind == "package":
+        found = packages.find(str(source.get("repo")))
+        return found[0] if found is not None else None
+    if kind == "hf":
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(str(source["repo"]), revision=source.get("sha") or source.get("revision"),
+                                            local_files_only=True))
+        except Exception:  # not in the cache (or the cache moved): the caller says what is missing
+            return None
+        return folder if (folder / "config.json").is_file() else None
+    return None

@@ -24,6 +24,8 @@ TASKS: dict[str, str] = {
 class Task(Protocol):
     #: The key of the answer in a response ("embeddings", "predictions").
     answer_key: str
+    #: What one answer is, for throughput figures ("vectors" -> vectors/s, "items" -> items/s).
+    unit: str
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -38,11 +40,22 @@ class Task(Protocol):
 
 def for_model(model: Model) -> Task | None:
     """The task pipeline for ``model``'s manifest task, or None for a raw-tensor model."""
-    name = model.bundle.manifest.task
+    cls = task_class(model.bundle.manifest.task)
+    return cls(model) if cls is not None else None  # type: ignore[no-any-return]
+
+
+def task_class(name: str | None) -> type | None:
+    """The class implementing task ``name`` (imported), or None for a raw-tensor model."""
     if name is None or name not in TASKS:
         return None
     module, _, cls = TASKS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(model)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def unit_of(name: str | None) -> str:
+    """Throughput unit of task ``name``; a raw-tensor model counts rows of its batch as items."""
+    cls = task_class(name)
+    return str(getattr(cls, "unit", "items")) if cls is not None else "items"
 
 
 def texts(payload: dict[str, Any]) -> list[str]:

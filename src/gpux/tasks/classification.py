@@ -25,6 +25,8 @@ class Classifier:
         self.encode = TextEncoder(model.bundle)
         self.labels: list[str] = self.encode.config["labels"]
 
+    #: What benchmarks count per second: the unit users of this task think in.
+    unit = "items"
     answer_key = "predictions"
 
     def run_counted(self, items: list[str]) -> tuple[list[Any], list[int]]:

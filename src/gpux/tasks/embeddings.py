@@ -33,6 +33,8 @@ class Embeddings:
         self.mode: str = self.encode.config.get("pooling", "mean")
         self.normalize: bool = bool(self.encode.config.get("normalize", False))
 
+    #: What benchmarks count per second: the unit users of this task think in.
+    unit = "vectors"
     answer_key = "embeddings"
 
     @property
