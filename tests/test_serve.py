@@ -189,6 +189,25 @@ def test_hundred_concurrent_clients_all_correct_and_batched(server: LiveServer, 
     assert max(int(k) for k in hist) > 1  # concurrent requests were merged into batches
 
 
+def test_two_instances_run_batches_at_once_and_answer_correctly(store_root: Path, reference: object) -> None:
+    texts = [f"instance test {i}: {'rain' if i % 3 else 'sun'} over the hills" for i in range(64)]
+    expected = reference.run_batch(texts)  # type: ignore[attr-defined]
+    with _server(store_root, batch=BatchConfig(max_batch=4, instances=2), preload=(MINILM,)) as srv:
+
+        async def main() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60, limits=httpx.Limits(max_connections=64)) as ac:
+                return await asyncio.wait_for(asyncio.gather(*(ac.post("/api/embed", json={"model": MINILM, "input": t})
+                                                               for t in texts)), 120)
+
+        got = [np.array(r.json()["embeddings"][0]) for r in asyncio.run(main())]
+        assert all(_cos(g, e) > 0.99999 for g, e in zip(got, expected))
+        view = httpx.get(f"{srv.url}/stats").json()["loaded"][0]
+        from gpux.engine.options import cpu_count
+
+        assert (view["instances"], view["batches_in_flight_peak"]) == (2, 2)
+        assert view["threads"] == max(1, cpu_count() // 2)  # the cores are split between the instances
+
+
 def test_eviction_under_a_small_budget_and_a_model_that_never_fits(store_root: Path) -> None:
     store = Store(store_root)
     small = max(store.size(store.manifest("tiny-mlp")), store.size(store.manifest("tiny-half")))

@@ -70,6 +70,7 @@ class ServingSection(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     batch_size: int = Field(default=1, ge=1, le=4096)
+    instances: int = Field(default=1, ge=1, le=64)
 
 
 class GpuxConfig(_Strict):

@@ -36,11 +36,14 @@ def serve(
     timeout: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds before a queued request gets 504."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GPUX_API_KEY", help="Require Bearer KEY."),  # noqa: UP007
     max_body_mb: float = typer.Option(10.0, "--max-body-mb", min=0.001, help="Largest request body accepted."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads per model (default: cores)."),  # noqa: UP007
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads per model (default: cores "  # noqa: UP007
+                                          "÷ instances)."),
+    instances: Optional[int] = typer.Option(None, "--instances", min=1, max=64, help="Batches run at once per "  # noqa: UP007
+                                            "model, sharing its session (default 1)."),
 ) -> None:
     """Serve stored models over HTTP: native, OpenAI, Ollama and KServe v2 routes.
 
-    Host, port and batch size not given as flags come from the first MODEL's gpux.yml
+    Host, port, batch size and instances not given as flags come from the first MODEL's gpux.yml
     ``serving`` section when it has one, then from the defaults.
     """
     try:
@@ -58,11 +61,12 @@ def serve(
     host = host or serving.get("host") or "127.0.0.1"
     port = port if port is not None else int(serving.get("port") or 8080)
     max_batch_size = max_batch_size or int(serving.get("batch_size") or 32)
+    instances = instances or int(serving.get("instances") or 1)
     manager = ModelManager(
         budget_bytes=parse_bytes(memory_budget) if memory_budget else None,
         keep_alive_s=keep_alive_seconds(keep_alive) or 0.0,
         batch=BatchConfig(max_batch=max_batch_size, max_delay_ms=max_queue_delay_ms, max_queue=max_queue,
-                          timeout_s=timeout),
+                          timeout_s=timeout, instances=instances),
         threads=threads)
     for ref in models or []:
         manager.require(ref)  # fail before binding the port

@@ -176,9 +176,14 @@ class ModelManager:
         from gpux.engine.model import load
         from gpux.tasks import for_model
 
+        from gpux.engine.options import cpu_count
+
         # No busy-waiting intra-op threads: they would take cores from the HTTP thread and the tokenizer.
+        # With several instances the cores are split between them (each batch runs on its share).
+        instances = max(1, self.batch.instances)
+        threads = self.threads or (max(1, cpu_count() // instances) if instances > 1 else None)
         model = self._loader(name) if self._loader is not None else load(name, store=self.store, spinning=False,
-                                                                           intra_op_threads=self.threads)
+                                                                           intra_op_threads=threads)
         return model, for_model(model)
 
     def _estimate(self, name: str) -> int:

@@ -23,7 +23,9 @@ def _model_name(body: dict[str, Any]) -> str:
 def _loaded_view(m: Loaded) -> dict[str, Any]:
     return {"name": m.name, "task": m.model.bundle.manifest.task, "memory_bytes": m.memory_bytes,
             "providers": providers(m), "load_ms": m.load_s * 1e3, "active_requests": m.active,
-            "queue_depth": m.batcher.depth, "expires_at": m.expires_at}
+            "queue_depth": m.batcher.depth, "instances": m.batcher.config.instances,
+            "threads": m.model.settings.get("intra_op_threads"), "batches_in_flight_peak": m.batcher.peak_in_flight,
+            "expires_at": m.expires_at}
 
 
 def register(app: FastAPI) -> None:
