@@ -11,7 +11,9 @@ import pytest
 import gpux
 import hf_models
 from conftest import gpux as cli
+from gpux.convert.optimize import CALIBRATION, SENTENCES, TOLERANCE, Variant
 from gpux.engine import onnxproto
+from gpux.errors import UsageError
 from gpux.store.local import Store
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -89,6 +91,46 @@ def test_classifier_variants_record_argmax_agreement(tmp_path: Path, home: Path)
     assert o3["argmax_agreement"] == 1.0
     preds = json.loads(cli("run", "tiny-cls:text-classification-o3", "-i", '{"inputs": "ok"}', env=_env(home)).stdout)
     assert len(preds["predictions"][0]) == 3
+
+
+def test_minilm_static_int8_is_calibrated_and_keeps_the_int8_floor(home: Path) -> None:
+    store = Store(home)
+    res = cli("pull", MINILM, "--quantize", "int8-static", env=_env(home))  # default floor, no loosening
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"{MINILM}:feature-extraction-int8-static"
+    m = store.manifest(f"{MINILM}:feature-extraction-int8-static")
+    assert m.conversion["dtype"] == m.conversion["quantize"] == "int8-static"
+    assert m.conversion["parity_vs_fp32"]["cosine_min"] >= TOLERANCE["int8-static"][0]
+    assert m.files["model.onnx"]["size"] < store.manifest(MINILM).files["model.onnx"]["size"] / 3
+    ops = _ops(store, f"{MINILM}:feature-extraction-int8-static")
+    assert ops.get("QuantizeLinear", 0) >= 24 and "DynamicQuantizeLinear" not in ops, ops  # ranges fixed, not per call
+
+
+def test_static_int8_for_a_tiny_bert_alone_and_after_o2(tmp_path: Path) -> None:
+    from gpux.convert.optimize import make_variant
+    from gpux.convert.pipeline import convert
+
+    folder = hf_models.tiny(tmp_path / "tiny-static", "bert")
+    store = Store(tmp_path / "home")
+    base = convert(folder, name="tiny-static", source={"kind": "local", "path": str(folder)}, store=store)
+    for variant in (Variant(quantize="int8-static"), Variant(optimize="O2", quantize="int8-static")):  # O2: fused ops
+        made = make_variant(f"tiny-static:{base.manifest.tag}", variant, store=store)
+        assert made.manifest.tag == f"text-classification-{variant.suffix()}"
+        par = made.manifest.conversion["parity_vs_fp32"]
+        assert par["cosine_min"] >= TOLERANCE["int8-static"][0] and par["argmax_agreement"] == 1.0, par
+        assert "QuantizeLinear" in _ops(store, f"tiny-static:{made.manifest.tag}")
+
+
+def test_calibration_text_is_held_apart_from_parity_text() -> None:
+    assert len(set(CALIBRATION)) == len(CALIBRATION) >= 64
+    assert not set(CALIBRATION) & set(SENTENCES)
+    assert Variant(quantize="int8-static").suffix() == Variant(quantize="int8-static").precision == "int8-static"
+    assert Variant(optimize="O2", quantize="int8-static").suffix() == "o2-int8-static"
+    with pytest.raises(UsageError) as err:
+        Variant(quantize="int4")
+    assert "int8" in str(err.value.hint) and "int8-static" in str(err.value.hint)
+    with pytest.raises(UsageError, match="do not combine"):
+        Variant(dtype="fp16", quantize="int8-static")
 
 
 @pytest.mark.parametrize("args, words", [

@@ -21,7 +21,8 @@ def pull(
     force: bool = typer.Option(False, "--force", help="Convert again even if a matching bundle is stored."),
     optimize: Optional[str] = typer.Option(None, "--optimize", help="O1, O2 or O3: graph optimisations saved."),  # noqa: UP007
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 or fp16 (inputs/outputs stay as they are)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic quantisation."),  # noqa: UP007
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic quantisation; int8-static: "  # noqa: UP007
+                                           "calibrated static (QDQ) quantisation."),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Refuse a variant below this cosine."),  # noqa: UP007
     min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Classifiers: argmax agreement floor."),  # noqa: UP007
 ) -> None:
