@@ -38,6 +38,8 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/exporters.py
 	$(PY) benchmarks/precisions.py
 	$(PY) benchmarks/serve_load.py
+	$(GPUX) bench sentence-transformers/all-MiniLM-L6-v2 --precisions fp32,int8,int8-static --batch-sizes 1,16 \
+		--seq-lens 128 --min-cosine 0.97 --out benchmarks/results/gpux-bench
 
 clean:
 	rm -rf $(VENV)

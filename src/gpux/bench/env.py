@@ -21,7 +21,19 @@ def cpu_model() -> str:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB (ru_maxrss)."""
+    """This process's peak resident set size in MiB.
+
+    Linux: ``VmHWM``, the high-water mark of this process's own memory. Not
+    ``ru_maxrss``: that survives ``exec`` and so reports the parent's size at fork
+    when the parent was the bigger of the two (a benchmark worker would inherit
+    the peak of the process that started it).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
