@@ -59,7 +59,7 @@ def markdown(doc: dict[str, Any], plots: list[str]) -> str:
                          f"{lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | {pt[f'{unit}_per_s']:.1f} | "
                          f"{_fmt(ort.get(f'{unit}_per_s'))} | {_fmt(ratio.get('vs_onnxruntime'), '.2f')} | "
                          f"{_fmt(ratio.get('vs_pytorch'), '.2f')} |")
-        for key, pt in m["pytorch"].get("points", {}).items():
+        for pt in m["pytorch"].get("points", {}).values():
             lat = pt["latency"]
             lines.append(f"| PyTorch eager fp32 | {pt['batch_size']} | {pt['seq_len'] or '—'} | {lat['p50_ms']:.2f} | "
                          f"{lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | {pt[f'{unit}_per_s']:.1f} | | | |")
@@ -80,8 +80,9 @@ def markdown(doc: dict[str, Any], plots: list[str]) -> str:
                                      _problem(f"{label} raw onnxruntime", p.get("onnxruntime", {}))) if x]
         pt = m["pytorch"]
         if "load" in pt:
-            lines.append(f"| PyTorch eager | fp32 | | {pt['load']['cold_ms']:.0f} | {_fmt(pt['load']['warm_ms'], '.0f')} "
-                         f"| {pt['load']['first_run_ms']:.1f} | {pt['peak_rss_mb']:.0f} | | |")
+            load = pt["load"]
+            lines.append(f"| PyTorch eager | fp32 | | {load['cold_ms']:.0f} | {_fmt(load['warm_ms'], '.0f')} "
+                         f"| {load['first_run_ms']:.1f} | {pt['peak_rss_mb']:.0f} | | |")
         problems += [x for x in (_problem("PyTorch eager baseline", pt),) if x]
         lines += [""] + (["Not measured:", *problems, ""] if problems else [])
         lines += ["Cold load: from the runner's process start to the model ready (imports + session/model "
@@ -112,7 +113,8 @@ def plot(doc: dict[str, Any], out: Path) -> list[str]:
         _, ax = figs["latency_vs_batch.png"]
         a = ax[0][i]
         for label in m["precisions"]:
-            pts = sorted((pt["batch_size"], pt["latency"]) for lab, _, pt, _ in rows if lab == label and pt["seq_len"] == seq)
+            pts = sorted((pt["batch_size"], pt["latency"]) for lab, _, pt, _ in rows
+                         if lab == label and pt["seq_len"] == seq)
             if pts:
                 xs = [b for b, _ in pts]
                 a.plot(xs, [lat["p50_ms"] for _, lat in pts], marker="o", label=f"gpux {label}")
@@ -136,29 +138,28 @@ def plot(doc: dict[str, Any], out: Path) -> list[str]:
         labels = [lab for lab in m["precisions"] if any(r[0] == lab and r[2]["batch_size"] == top for r in rows)]
         key = f"{unit}_per_s"
 
-        def at(runner: dict[str, Any], label_top: int = top) -> float:
-            hits = [p[key] for p in runner.get("points", {}).values()
-                    if p["batch_size"] == label_top and p["seq_len"] == seq]
+        def at(runner: dict[str, Any], top: int = top, key: str = key, seq: int | None = seq) -> float:
+            hits = [p[key] for p in runner.get("points", {}).values() if p["batch_size"] == top and p["seq_len"] == seq]
             return hits[0] if hits else 0.0
 
-        xs = range(len(labels))
-        a.bar([x - 0.2 for x in xs], [at(m["precisions"][lab]["gpux"]) for lab in labels], 0.4, label="gpux")
-        a.bar([x + 0.2 for x in xs], [at(m["precisions"][lab].get("onnxruntime", {})) for lab in labels], 0.4,
+        slots = list(range(len(labels)))
+        a.bar([x - 0.2 for x in slots], [at(m["precisions"][lab]["gpux"]) for lab in labels], 0.4, label="gpux")
+        a.bar([x + 0.2 for x in slots], [at(m["precisions"][lab].get("onnxruntime", {})) for lab in labels], 0.4,
               label="raw onnxruntime")
         if at(m["pytorch"]):
             a.axhline(at(m["pytorch"]), color="gray", linestyle=":", label="PyTorch eager fp32")
-        a.set_xticks(list(xs), labels)
+        a.set_xticks(slots, labels)
         a.set(ylabel=f"{unit}/s", title=f"{ref}, batch {top}")
         a.legend(fontsize=7)
         _, ax = figs["ratio_vs_baselines.png"]
         a = ax[0][i]
         names = [f"{lab}\nb{pt['batch_size']}" for lab, _, pt, _ in rows if pt["seq_len"] == seq]
         picked = [r for lab, _, pt, r in rows if pt["seq_len"] == seq]
-        xs = range(len(names))
+        slots = list(range(len(names)))
         for off, base in ((-0.2, "onnxruntime"), (0.2, "pytorch")):
-            a.bar([x + off for x in xs], [r.get(f"vs_{base}", 0.0) for r in picked], 0.4, label=f"÷ {base}")
+            a.bar([x + off for x in slots], [r.get(f"vs_{base}", 0.0) for r in picked], 0.4, label=f"÷ {base}")
         a.axhline(1.0, color="black", linewidth=0.8)
-        a.set_xticks(list(xs), names, fontsize=7)
+        a.set_xticks(slots, names, fontsize=7)
         a.set(ylabel="ratio (higher is better)", title=ref)
         a.legend(fontsize=7)
     written = []

@@ -72,7 +72,9 @@ def _texts(encoder: Any, batch: int, seq: int) -> list[str]:
 def _synthetic(inputs: list[Any], batch: int, seq: int) -> tuple[dict[str, np.ndarray], bool]:
     """Random tensors fitting a raw model's inputs: a dim named twice gets one size; otherwise
     a free dim 0 is the batch and any other free dim the sequence length."""
-    rng, feed, sizes, uses_seq = np.random.default_rng(0), {}, {}, False
+    rng, uses_seq = np.random.default_rng(0), False
+    feed: dict[str, np.ndarray] = {}
+    sizes: dict[str, int] = {}
     for spec in inputs:
         if spec.shape is None or spec.dtype == "string":
             raise InputError(f"input {spec.name!r} ({spec.describe()}) cannot be synthesised for a benchmark",
@@ -106,7 +108,7 @@ def _given(target: Target, work: Path) -> None:
     model = load(target.bundle, "cpu")
     feed = {k: np.asarray(v) for k, v in model.check(target.given or {}).items()}
     path = work / f"{len(list(work.iterdir()))}-input.npz"
-    np.savez(path, **feed)
+    np.savez(path, **feed)  # type: ignore[arg-type]
     target.points.append({"key": "input", "batch_size": batch_size(model, feed), "seq_len": None,
                           "feed": str(path), "texts": None})
 
@@ -136,7 +138,7 @@ def make_points(target: Target, work: Path) -> None:
                 continue
             seen.add(key)
             path = work / f"{len(list(work.iterdir()))}-{key}.npz"
-            np.savez(path, **feed)
+            np.savez(path, **feed)  # type: ignore[arg-type]
             target.points.append({"key": key, "batch_size": b, "seq_len": s if uses_seq else None,
                                   "feed": str(path), "texts": texts})
 

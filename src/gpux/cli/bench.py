@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -19,7 +18,7 @@ from gpux.errors import UsageError
 class _DefaultRun(TyperGroup):
     """A group whose unknown first word is a model for ``run`` rather than an unknown command."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
             args = ["run", *args]
         return super().parse_args(ctx, args)
@@ -111,10 +110,10 @@ def run(
     from gpux.tasks import unit_of
 
     plan = build_plan(models or [], suite, {
-        "batch_sizes": split_list("--batch-sizes", batch_sizes, int), "seq_lens": split_list("--seq-lens", seq_lens, int),
-        "precisions": split_list("--precisions", precisions), "runs": runs, "warmup": warmup,
-        "baselines": split_list("--baseline", baseline), "threads": threads, "provider": provider, "input": input, "out": out,
-        "min_cosine": min_cosine, "min_agreement": min_agreement})
+        "batch_sizes": split_list("--batch-sizes", batch_sizes, int),
+        "seq_lens": split_list("--seq-lens", seq_lens, int), "precisions": split_list("--precisions", precisions),
+        "runs": runs, "warmup": warmup, "baselines": split_list("--baseline", baseline), "threads": threads,
+        "provider": provider, "input": input, "out": out, "min_cosine": min_cosine, "min_agreement": min_agreement})
     console = common.err_console()
     import tempfile
 
@@ -130,7 +129,9 @@ def run(
             task = bar.add_task("bench", total=total_steps(plan, targets))
 
             def progress(description: str | None, steps: int) -> None:
-                bar.update(task, advance=steps, **({"description": description} if description else {}))
+                if description:
+                    bar.update(task, description=description)
+                bar.update(task, advance=steps)
 
             doc = run_plan(plan, targets, progress, Store())
     paths = report.write(doc, plan.out)

@@ -20,6 +20,7 @@ request that waits longer than its timeout gets :class:`TimeoutError` (HTTP 504)
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -126,7 +127,11 @@ class Batcher:
             task = asyncio.get_running_loop().create_task(self._execute(live))
             self._running.add(task)
             self.peak_in_flight = max(self.peak_in_flight, len(self._running))
-            task.add_done_callback(lambda t: (self._running.discard(t), slots.release()))
+            task.add_done_callback(functools.partial(self._finished, slots))
+
+    def _finished(self, slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        slots.release()
 
     async def _collect(self) -> list[_Request]:
         """The next batch: the first queued request, then more until full or past the delay."""
