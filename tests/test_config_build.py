@@ -70,13 +70,13 @@ inputs:
   x: {dtype: float32, shape: [2, 4]}
 outputs: [y]
 runtime: {provider: cpu, intra_op_threads: 1, inter_op_threads: 1, graph_optimization: basic}
-serving: {host: 127.0.0.1, port: 9001, batch_size: 4}
+serving: {host: 127.0.0.1, port: 9001, batch_size: 4, instances: 2}
 """)
     res = cli("build", str(proj), "--tag", "v1")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "tiny-mlp:v1"
     manifest = json.loads(local.Store().manifest_path("tiny-mlp", "v1").read_text())
-    assert manifest["serving"] == {"host": "127.0.0.1", "port": 9001, "batch_size": 4}
+    assert manifest["serving"] == {"host": "127.0.0.1", "port": 9001, "batch_size": 4, "instances": 2}
     assert manifest["task"] == "demo"
     assert manifest["files"]["mlp.onnx"]["sha256"] == local.sha256_file(model_dir / "mlp.onnx")
 

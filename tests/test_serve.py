@@ -297,7 +297,7 @@ def test_gpux_serve_command(store_root: Path, tmp_path: Path) -> None:
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def test_serve_takes_host_port_and_batch_size_from_gpux_yml(tmp_path: Path, model_dir: Path) -> None:
+def test_serve_takes_host_port_batch_size_and_instances_from_gpux_yml(tmp_path: Path, model_dir: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -305,7 +305,7 @@ def test_serve_takes_host_port_and_batch_size_from_gpux_yml(tmp_path: Path, mode
     proj.mkdir()
     shutil.copy(model_dir / "mlp.onnx", proj / "mlp.onnx")
     (proj / "gpux.yml").write_text(f"name: served\nmodel: {{source: mlp.onnx}}\n"
-                                   f"serving: {{host: 127.0.0.1, port: {port}, batch_size: 4}}\n")
+                                   f"serving: {{host: 127.0.0.1, port: {port}, batch_size: 4, instances: 2}}\n")
     env = {**os.environ, "GPUX_HOME": str(tmp_path / "home")}
     assert subprocess.run([sys.executable, "-m", "gpux", "build", str(proj)], env=env, capture_output=True).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "gpux", "serve", "served"], env=env,
@@ -321,6 +321,7 @@ def test_serve_takes_host_port_and_batch_size_from_gpux_yml(tmp_path: Path, mode
         res = httpx.post(f"http://127.0.0.1:{port}/predict/served", json={"inputs": {"x": [[1, 2, 3, 4]]}})
         np.testing.assert_allclose(res.json()["outputs"]["y"], models.mlp_expected(np.array([[1, 2, 3, 4]])),
                                    rtol=1e-6)
+        assert httpx.get(f"http://127.0.0.1:{port}/stats").json()["loaded"][0]["instances"] == 2
     finally:
         proc.terminate()
         proc.wait(timeout=20)
