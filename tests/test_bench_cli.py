@@ -32,6 +32,7 @@ def test_bench_text_model_against_both_baselines(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     doc = json.loads((out / "results.json").read_text())
     assert doc["schema"] == "gpux.bench/1" and doc["environment"]["packages"]["onnxruntime"]
+    assert doc["settings"]["rounds"] == 3  # 3 runs: 3 rounds of 1, alternating between the runners
     m = doc["models"][str(folder)]
     assert (m["task"], m["unit"]) == ("text-classification", "items")
     keys = {"b1_s8", "b1_s16", "b2_s8", "b2_s16"}
@@ -43,7 +44,7 @@ def test_bench_text_model_against_both_baselines(tmp_path: Path) -> None:
             assert r["load"]["cold_ms"] > 0 and r["load"]["warm_ms"] > 0 and r["peak_rss_mb"] > 10
             for key, pt in r["points"].items():
                 b = int(key[1:key.index("_")])
-                assert pt["batch_size"] == b and pt["seq_len"] == int(key.rsplit("s", 1)[1])
+                assert pt["batch_size"] == b and pt["seq_len"] == int(key.rsplit("s", 1)[1]) and pt["runs"] == 3
                 assert pt["items_per_s"] == pytest.approx(b * 1e3 / pt["latency"]["mean_ms"])
                 assert pt["latency"]["p50_ms"] <= pt["latency"]["p99_ms"] <= pt["latency"]["max_ms"]
         assert p["gpux"]["providers"] == ["cpu"]

@@ -2,10 +2,11 @@
 
 For every model: the precision variants are found in the store or built (and
 parity-checked) by the convert box; one feed per grid point is tokenized once and
-saved, so every runner times the same tensors; then each runner is measured in
-its own process (:mod:`gpux.bench.worker`): gpux per precision, raw onnxruntime
-on the same file per precision, PyTorch eager once (fp32, from the folder the
-model was converted from). Ratios are gpux's throughput over each baseline's.
+saved, so every runner times the same tensors; each runner lives in its own
+process (:mod:`gpux.bench.worker`): gpux per precision, raw onnxruntime on the
+same file per precision, PyTorch eager once (fp32, from the folder the model was
+converted from). Each point's runs are taken in :data:`ROUNDS` rounds that
+alternate between the runners. Ratios are gpux's throughput over each baseline's.
 
 A baseline that cannot run (no torch installed, no original folder, a raw ONNX
 model) is recorded with its reason, never silently dropped.
@@ -32,6 +33,8 @@ from gpux.store.local import Store
 
 #: progress(description or None, steps done since the last call)
 Progress = Callable[[str | None, int], None]
+#: Each point's timed runs are split into this many rounds, alternating between the runners.
+ROUNDS = 4
 
 
 @dataclass
@@ -140,36 +143,92 @@ def make_points(target: Target, work: Path) -> None:
             path = work / f"{len(list(work.iterdir()))}-{key}.npz"
             np.savez(path, **feed)  # type: ignore[arg-type]
             target.points.append({"key": key, "batch_size": b, "seq_len": s if uses_seq else None,
-                                  "feed": str(path), "texts": texts})
+                                  "feed": str(path), "texts": texts, "synthetic": encoder is None})
 
 
-def spawn(spec: dict[str, Any], step: Callable[[], None]) -> dict[str, Any]:
-    """Run one worker; ``step()`` after each point it finishes; its result or ``{"error": ...}``."""
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "gpux.bench.worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps(spec))
-        proc.stdin.close()
-        final: dict[str, Any] | None = None
-        for line in proc.stdout:
+class Worker:
+    """One runner in its own process, driven a command at a time; a failure is kept, never raised."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.runner = str(spec["runner"])
+        self.samples: dict[str, list[float]] = {}
+        self.error: dict[str, Any] | None = None
+        self._err = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gpux.bench.worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._err, text=True, bufsize=1)
+        self._send(spec)
+        self.ready = self._reply() or {}
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # the worker died; _reply reads why
+            pass
+
+    def _reply(self) -> dict[str, Any] | None:
+        if self.error is not None:
+            return None
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
             try:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a library printing to stdout; not ours
-            if event.get("event") == "point":
-                step()
-            elif event.get("event") in ("result", "error"):
-                final = event
-        rc = proc.wait()
-        err.seek(0)
-        tail = err.read().strip().splitlines()[-3:]
-    if final is None:
-        return {"error": f"the {spec['runner']} worker exited with code {rc}: {' | '.join(tail) or 'no output'}"}
-    kind = final.pop("event")
-    if kind == "error":
-        return {k: v for k, v in final.items() if v is not None and k != "message"} | {"error": final["message"]}
-    return final
+            if event.get("event") == "error":
+                self.error = {"error": event["message"], **({"hint": event["hint"]} if event.get("hint") else {})}
+                return None
+            return event  # type: ignore[no-any-return]
+        rc = self.proc.wait()
+        self._err.seek(0)
+        tail = " | ".join(self._err.read().strip().splitlines()[-3:]) or "no output"
+        self.error = {"error": f"the {self.runner} worker exited with code {rc}: {tail}"}
+        return None
+
+    def measure(self, index: int, key: str, runs: int, warmup: int) -> None:
+        """``runs`` more timed calls on point ``index``, added to its samples."""
+        self._send({"measure": index, "runs": runs, "warmup": warmup})
+        reply = self._reply()
+        if reply is not None:
+            self.samples.setdefault(key, []).extend(reply["samples"])
+
+    def finish(self, points: list[dict[str, Any]], unit: str) -> dict[str, Any]:
+        """The runner's block of results.json: load, memory, what ran, and every point's statistics."""
+        from gpux.bench.stats import summarize_ms
+
+        final = None
+        if self.error is None:
+            self._send({"finish": True})
+            final = self._reply()
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:  # the worker is gone with commands unread
+            pass
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._err.close()
+        if final is None:
+            return self.error or {"error": f"the {self.runner} worker gave no result"}
+        final.pop("event", None)
+        final["points"] = {}
+        for p in points:
+            if p["key"] in self.samples:
+                latency = summarize_ms(self.samples[p["key"]])
+                final["points"][p["key"]] = {"batch_size": p["batch_size"], "seq_len": p.get("seq_len"),
+                                             "runs": len(self.samples[p["key"]]), "latency": latency,
+                                             f"{unit}_per_s": p["batch_size"] * 1e3 / latency["mean_ms"]}
+        return final
+
+
+def rounds_of(runs: int) -> list[int]:
+    """``runs`` split into up to :data:`ROUNDS` rounds (the first ones take the remainder)."""
+    k = min(ROUNDS, runs)
+    return [runs // k + (1 if i < runs % k else 0) for i in range(k)]
 
 
 def _variant(target: Target, label: str, store: Store, plan: Plan) -> Bundle:
@@ -219,68 +278,96 @@ def _ratios(runs: dict[str, Any], pytorch: dict[str, Any], unit: str) -> dict[st
 
 
 def run_plan(plan: Plan, targets: list[Target], progress: Progress, store: Store | None = None) -> dict[str, Any]:
-    """Measure every target; the whole ``results.json`` document."""
+    """Measure every target; the whole ``results.json`` document.
+
+    Per model, every runner (gpux and raw onnxruntime per precision, PyTorch once) is
+    started in its own process; then each point's runs are taken in rounds that
+    alternate between all of them, so drift in the machine's speed hits every runner alike.
+    """
     from gpux.bench.env import environment
 
     store = store or Store()
     common = {"runs": plan.runs, "warmup": plan.warmup, "warm_loads": plan.warm_loads, "threads": plan.threads}
+    per_runner = len(rounds_of(plan.runs))
     results: dict[str, Any] = {}
     for t in targets:
         base = {**common, "unit": t.unit, "points": t.points}
-        n = len(t.points)
-        pt_spec = _pytorch_spec(t) if "pytorch" in plan.baselines else None
+        steps = len(t.points) * per_runner
+        workers: list[Worker] = []
+        pytorch_w: Worker | None = None
         pytorch: dict[str, Any] = {"skipped": "not asked for (--baseline)"}
-        if isinstance(pt_spec, dict):
-            progress(f"{t.ref} · pytorch eager", 0)
-            pytorch = spawn({**base, **pt_spec}, lambda: progress(None, 1))
-        elif pt_spec is not None:
-            pytorch = {"skipped": pt_spec}
-        if not isinstance(pt_spec, dict) and "pytorch" in plan.baselines:
-            progress(None, n)
+        if "pytorch" in plan.baselines:
+            pt_spec = _pytorch_spec(t)
+            if isinstance(pt_spec, dict):
+                progress(f"{t.ref} · loading PyTorch eager", 0)
+                pytorch_w = Worker({**base, **pt_spec})
+                workers.append(pytorch_w)
+            else:
+                pytorch = {"skipped": pt_spec}
+                progress(None, steps)
         precisions: dict[str, Any] = {}
+        runners: dict[str, tuple[Worker, Worker | None]] = {}
         for label in t.entry.precisions or ():
             progress(f"{t.ref} · {label} · preparing", 0)
             try:
                 bundle = _variant(t, label, store, plan)
             except GpuxError as exc:
                 precisions[label] = {"error": exc.message, "hint": exc.hint}
-                progress(None, n * (1 + ("onnxruntime" in plan.baselines)))
+                progress(None, steps * (1 + ("onnxruntime" in plan.baselines)))
                 continue
             m = bundle.manifest
-            entry: dict[str, Any] = {
-                "ref": f"{m.name}:{m.tag}" if m.files else t.ref,
-                "size_mb": (store.size(m) if m.files else bundle.graph_path().stat().st_size) / 1e6,
-                "parity_vs_fp32": m.conversion.get("parity_vs_fp32")}
-            progress(f"{t.ref} · {label} · gpux", 0)
-            entry["gpux"] = spawn({**base, "runner": "gpux", "ref": entry["ref"] if m.files else t.ref,
-                                   "provider": plan.provider}, lambda: progress(None, 1))
+            ref = f"{m.name}:{m.tag}" if m.files else t.ref
+            precisions[label] = {"ref": ref,
+                                 "size_mb": (store.size(m) if m.files else bundle.graph_path().stat().st_size) / 1e6,
+                                 "parity_vs_fp32": m.conversion.get("parity_vs_fp32")}
+            progress(f"{t.ref} · {label} · loading gpux", 0)
+            gw = Worker({**base, "runner": "gpux", "ref": ref, "provider": plan.provider})
+            ow = None
             if "onnxruntime" in plan.baselines:
-                progress(f"{t.ref} · {label} · onnxruntime", 0)
-                providers = entry["gpux"].get("providers_full") or ["CPUExecutionProvider"]
-                entry["onnxruntime"] = spawn({**base, "runner": "onnxruntime", "graph": str(bundle.graph_path()),
-                                              "providers": providers}, lambda: progress(None, 1))
+                progress(f"{t.ref} · {label} · loading onnxruntime", 0)
+                ow = Worker({**base, "runner": "onnxruntime", "graph": str(bundle.graph_path()),
+                             "providers": gw.ready.get("providers_full") or ["CPUExecutionProvider"]})
+            runners[label] = (gw, ow)
+            workers += [w for w in (gw, ow) if w is not None]
+        for i, point in enumerate(t.points):
+            for r, runs in enumerate(rounds_of(plan.runs)):
+                progress(f"{t.ref} · {point['key']} · round {r + 1}/{per_runner}", 0)
+                for w in workers:
+                    w.measure(i, point["key"], runs, plan.warmup)
+                    progress(None, 1)
+        if pytorch_w is not None:
+            pytorch = pytorch_w.finish(t.points, t.unit)
+        for label, (gw, ow) in runners.items():
+            entry = precisions[label]
+            entry["gpux"] = gw.finish(t.points, t.unit)
+            if ow is not None:
+                entry["onnxruntime"] = ow.finish(t.points, t.unit)
             entry["ratios"] = _ratios(entry, pytorch, t.unit)
-            precisions[label] = entry
+            for block in (entry["gpux"], entry.get("onnxruntime", {})):
+                if "error" in block and t.points and t.points[0].get("synthetic"):
+                    block["hint"] = "its inputs were synthesised from the signature; give real ones with --input"
         results[t.ref] = {"model": t.bundle.manifest.name, "task": t.bundle.manifest.task, "unit": t.unit,
                           "source": t.bundle.manifest.source, "pytorch": pytorch, "precisions": precisions}
     return {"schema": "gpux.bench/1", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "settings": {**plan.model_dump(mode="json", exclude={"models", "out"}),
+            "settings": {**plan.model_dump(mode="json", exclude={"models", "out"}), "rounds": len(rounds_of(plan.runs)),
                          "models": [e.model_dump(mode="json") for e in plan.entries()]},
             "environment": environment(("torch", "transformers")), "models": results}
 
 
 def total_steps(plan: Plan, targets: list[Target]) -> int:
-    """Progress steps of :func:`run_plan`: one per point per runner."""
+    """Progress steps of :func:`run_plan`: one per point, round and runner."""
     per = 1 + ("onnxruntime" in plan.baselines)
-    return sum(len(t.points) * (len(t.entry.precisions or ()) * per + ("pytorch" in plan.baselines)) for t in targets)
+    rounds = len(rounds_of(plan.runs))
+    return sum(len(t.points) * rounds * (len(t.entry.precisions or ()) * per + ("pytorch" in plan.baselines))
+               for t in targets)
 
 
 def failures(doc: dict[str, Any]) -> list[str]:
-    """``model precision: error`` for every gpux runner (or variant) that failed; baselines are not counted."""
+    """``model precision: error (hint)`` for every gpux runner (or variant) that failed; baselines are not counted."""
     out = []
     for ref, m in doc["models"].items():
         for label, p in m["precisions"].items():
-            err = p.get("error") or p.get("gpux", {}).get("error")
-            if err:
-                out.append(f"{ref} {label}: {err}")
+            block = p if "error" in p else p.get("gpux", {})
+            if block.get("error"):
+                out.append(f"{ref} {label}: {block['error']}" + (f" ({block['hint']})" if block.get("hint") else ""))
     return out

@@ -12,9 +12,9 @@ its own and not the sum of everything measured before it. The spec:
 
 Every runner times the same tensors (``feed``); the gpux runner times its whole
 task pipeline from ``texts`` (tokenize, run, pool/softmax) and checks that its
-tokenizer produced exactly ``feed``. Stdout carries JSON lines: ``{"event":
-"point", ...}`` after each point (progress), then one ``{"event": "result"}`` or
-``{"event": "error"}``.
+tokenizer produced exactly ``feed``. After loading, the worker waits for
+commands (see :func:`main`): the parent alternates short rounds between all
+runners of a model, so a machine whose speed drifts slows them all alike.
 """
 
 from __future__ import annotations
@@ -121,65 +121,78 @@ def _timed(call: Call, runs: int) -> list[float]:
     return out
 
 
-def measure(spec: dict[str, Any], started_ns: int) -> dict[str, Any]:
-    """Cold load, first call, warm loads, then every point: warmup untimed, runs timed."""
-    from gpux.bench.env import peak_rss_mb
-    from gpux.bench.stats import summarize_ms
+class Session:
+    """One runner, loaded once, then timing whichever point the parent asks for next."""
 
-    state, make, call_for = RUNNERS[spec["runner"]](spec)
-    cold_ms = (time.perf_counter_ns() - started_ns) / 1e6
-    points = spec["points"]
-    first = call_for(state, points[0])
-    t0 = time.perf_counter_ns()
-    first()
-    first_ms = (time.perf_counter_ns() - t0) / 1e6
-    warm = []
-    for _ in range(int(spec.get("warm_loads", 3))):
+    def __init__(self, spec: dict[str, Any], started_ns: int) -> None:
+        self.spec = spec
+        self.state, make, self._call_for = RUNNERS[spec["runner"]](spec)
+        cold_ms = (time.perf_counter_ns() - started_ns) / 1e6
+        first = self._call_for(self.state, spec["points"][0])
         t0 = time.perf_counter_ns()
-        make()
-        warm.append((time.perf_counter_ns() - t0) / 1e6)
-    out: dict[str, Any] = {}
-    unit = f"{spec.get('unit', 'items')}_per_s"
-    for point in points:
-        call = call_for(state, point)
-        for _ in range(int(spec["warmup"])):
-            call()
-        samples = _timed(call, int(spec["runs"]))
-        latency = summarize_ms(samples)
-        out[point["key"]] = {"batch_size": point["batch_size"], "seq_len": point.get("seq_len"),
-                             "latency": latency, unit: point["batch_size"] * 1e3 / latency["mean_ms"]}
-        _emit({"event": "point", "key": point["key"]})
-    result: dict[str, Any] = {
-        "load": {"cold_ms": cold_ms, "warm_ms": statistics.median(warm) if warm else None,
-                 "first_run_ms": first_ms},
-        "peak_rss_mb": peak_rss_mb(), "points": out}
-    if spec["runner"] == "gpux":
-        from gpux.engine.providers import alias_of
+        first()
+        first_ms = (time.perf_counter_ns() - t0) / 1e6
+        warm = []
+        for _ in range(int(spec.get("warm_loads", 3))):
+            t0 = time.perf_counter_ns()
+            make()
+            warm.append((time.perf_counter_ns() - t0) / 1e6)
+        self.load = {"cold_ms": cold_ms, "warm_ms": statistics.median(warm) if warm else None, "first_run_ms": first_ms}
+        self._point: int | None = None
+        self._call: Call | None = None
 
-        result["providers"] = [alias_of(p) for p in state.providers]
-        result["providers_full"] = list(state.providers)
-        result["threads"] = state.settings.get("intra_op_threads")
-    elif spec["runner"] == "pytorch":
-        import torch
+    def measure(self, index: int, runs: int, warmup: int) -> list[float]:
+        """``runs`` timed calls on point ``index``; the first time a point is asked for, ``warmup`` untimed first."""
+        if index != self._point:
+            self._point, self._call = index, self._call_for(self.state, self.spec["points"][index])
+            for _ in range(warmup):
+                self._call()
+        assert self._call is not None
+        return _timed(self._call, runs)
 
-        result["threads"] = torch.get_num_threads()
-    else:
-        result["threads"] = spec.get("threads")
-    return result
+    def finish(self) -> dict[str, Any]:
+        from gpux.bench.env import peak_rss_mb
+
+        return {"load": self.load, "peak_rss_mb": peak_rss_mb(), **self.describe()}
+
+    def describe(self) -> dict[str, Any]:
+        """What ran: providers (gpux) and intra-op threads."""
+        out: dict[str, Any] = {}
+        if self.spec["runner"] == "gpux":
+            from gpux.engine.providers import alias_of
+
+            out["providers"] = [alias_of(p) for p in self.state.providers]
+            out["providers_full"] = list(self.state.providers)
+            out["threads"] = self.state.settings.get("intra_op_threads")
+        elif self.spec["runner"] == "pytorch":
+            import torch
+
+            out["threads"] = torch.get_num_threads()
+        else:
+            out["threads"] = self.spec.get("threads")
+        return out
 
 
 def main() -> None:
+    """Spec on the first stdin line; then one command a line: ``{"measure": i, "runs": n, "warmup": w}`` or
+    ``{"finish": true}``. Each gets one JSON line back (``samples``, ``result``), or ``error`` and exit 1."""
     started = time.perf_counter_ns()
-    spec = json.loads(sys.stdin.read())
     try:
-        result = measure(spec, started)
+        session = Session(json.loads(sys.stdin.readline()), started)
+        _emit({"event": "ready", "load": session.load, **session.describe()})
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            if cmd.get("finish"):
+                _emit({"event": "result", **session.finish()})
+                return
+            _emit({"event": "samples", "samples": session.measure(int(cmd["measure"]), int(cmd["runs"]),
+                                                                  int(cmd["warmup"]))})
     except Exception as exc:  # reported to the parent, which records it beside the other runners
         hint = getattr(exc, "hint", None)
         if isinstance(exc, ImportError):
             hint = "install the convert extra: pip install 'gpux[convert]'"
-        _emit({"event": "error", "message": f"{type(exc).__name__}: {exc}", "hint": hint})
+        _emit({"event": "error", "message": f"{type(exc).__name__}: {getattr(exc, 'message', exc)}", "hint": hint})
         sys.exit(1)
-    _emit({"event": "result", **result})
 
 
 if __name__ == "__main__":
