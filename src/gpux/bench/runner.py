@@ -34,6 +34,18 @@ def _task_items(payload: Mapping[str, Any]) -> int:
     return len(value) if isinstance(value, list) else 1
 
 
+def time_calls(call: Callable[[], Any], runs: int, on_step: Callable[[int], None] | None = None) -> list[float]:
+    """Milliseconds of each of ``runs`` calls to ``call`` (``on_step(i)`` after the i-th)."""
+    clock, out = time.perf_counter_ns, []
+    for i in range(runs):
+        t0 = clock()
+        call()
+        out.append((clock() - t0) / 1e6)
+        if on_step is not None:
+            on_step(i + 1)
+    return out
+
+
 def benchmark(model: Model, feed: Mapping[str, Any], *, runs: int = 100, warmup: int = 10,
               on_step: Callable[[int], None] | None = None,
               call: Callable[[], Any] | None = None) -> dict[str, Any]:
@@ -51,14 +63,7 @@ def benchmark(model: Model, feed: Mapping[str, Any], *, runs: int = 100, warmup:
     first_ms = (time.perf_counter_ns() - start) / 1e6
     for _ in range(warmup):
         run()
-    samples = []
-    clock = time.perf_counter_ns
-    for i in range(runs):
-        t0 = clock()
-        run()
-        samples.append((clock() - t0) / 1e6)
-        if on_step is not None:
-            on_step(i + 1)
+    samples = time_calls(run, runs, on_step)
     items = batch_size(model, feed) if call is None else _task_items(feed)
     total_s = sum(samples) / 1e3
     return {

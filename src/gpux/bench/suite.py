@@ -53,11 +53,6 @@ class Target:
     def stored(self) -> bool:
         return bool(self.bundle.manifest.files)
 
-    @property
-    def loadable(self) -> str:
-        m = self.bundle.manifest
-        return f"{m.name}:{m.tag}" if self.stored else self.ref
-
 
 def _texts(encoder: Any, batch: int, seq: int) -> list[str]:
     """``batch`` different real-sentence texts, each at least ``seq`` tokens long (so none is padded)."""
@@ -103,6 +98,13 @@ def _synthetic(inputs: list[Any], batch: int, seq: int) -> tuple[dict[str, np.nd
     return feed, uses_seq
 
 
+def _save(work: Path, feed: dict[str, np.ndarray]) -> str:
+    """Write one point's feed where every runner process can read it; its path."""
+    with tempfile.NamedTemporaryFile(dir=work, suffix=".npz", delete=False) as f:
+        np.savez(f, **feed)  # type: ignore[arg-type]
+    return f.name
+
+
 def _given(target: Target, work: Path) -> None:
     """The one point of a model benchmarked on the user's own input (``--input``)."""
     from gpux.bench.runner import batch_size
@@ -110,10 +112,8 @@ def _given(target: Target, work: Path) -> None:
 
     model = load(target.bundle, "cpu")
     feed = {k: np.asarray(v) for k, v in model.check(target.given or {}).items()}
-    path = work / f"{len(list(work.iterdir()))}-input.npz"
-    np.savez(path, **feed)  # type: ignore[arg-type]
     target.points.append({"key": "input", "batch_size": batch_size(model, feed), "seq_len": None,
-                          "feed": str(path), "texts": None})
+                          "feed": _save(work, feed), "texts": None})
 
 
 def make_points(target: Target, work: Path) -> None:
@@ -140,10 +140,8 @@ def make_points(target: Target, work: Path) -> None:
             if key in seen:
                 continue
             seen.add(key)
-            path = work / f"{len(list(work.iterdir()))}-{key}.npz"
-            np.savez(path, **feed)  # type: ignore[arg-type]
             target.points.append({"key": key, "batch_size": b, "seq_len": s if uses_seq else None,
-                                  "feed": str(path), "texts": texts, "synthetic": encoder is None})
+                                  "feed": _save(work, feed), "texts": texts, "synthetic": encoder is None})
 
 
 class Worker:
@@ -287,12 +285,12 @@ def run_plan(plan: Plan, targets: list[Target], progress: Progress, store: Store
     from gpux.bench.env import environment
 
     store = store or Store()
-    common = {"runs": plan.runs, "warmup": plan.warmup, "warm_loads": plan.warm_loads, "threads": plan.threads}
-    per_runner = len(rounds_of(plan.runs))
+    common = {"warm_loads": plan.warm_loads, "threads": plan.threads}
+    rounds = rounds_of(plan.runs)
     results: dict[str, Any] = {}
     for t in targets:
         base = {**common, "unit": t.unit, "points": t.points}
-        steps = len(t.points) * per_runner
+        steps = len(t.points) * len(rounds)
         workers: list[Worker] = []
         pytorch_w: Worker | None = None
         pytorch: dict[str, Any] = {"skipped": "not asked for (--baseline)"}
@@ -330,8 +328,8 @@ def run_plan(plan: Plan, targets: list[Target], progress: Progress, store: Store
             runners[label] = (gw, ow)
             workers += [w for w in (gw, ow) if w is not None]
         for i, point in enumerate(t.points):
-            for r, runs in enumerate(rounds_of(plan.runs)):
-                progress(f"{t.ref} · {point['key']} · round {r + 1}/{per_runner}", 0)
+            for r, runs in enumerate(rounds):
+                progress(f"{t.ref} · {point['key']} · round {r + 1}/{len(rounds)}", 0)
                 for w in workers:
                     w.measure(i, point["key"], runs, plan.warmup)
                     progress(None, 1)
@@ -349,7 +347,7 @@ def run_plan(plan: Plan, targets: list[Target], progress: Progress, store: Store
         results[t.ref] = {"model": t.bundle.manifest.name, "task": t.bundle.manifest.task, "unit": t.unit,
                           "source": t.bundle.manifest.source, "pytorch": pytorch, "precisions": precisions}
     return {"schema": "gpux.bench/1", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "settings": {**plan.model_dump(mode="json", exclude={"models", "out"}), "rounds": len(rounds_of(plan.runs)),
+            "settings": {**plan.model_dump(mode="json", exclude={"models", "out"}), "rounds": len(rounds),
                          "models": [e.model_dump(mode="json") for e in plan.entries()]},
             "environment": environment(("torch", "transformers")), "models": results}
 

@@ -50,11 +50,15 @@ def _gpux(spec: dict[str, Any]) -> Runner:
     def make() -> Any:
         return load(spec["ref"], spec.get("provider"), intra_op_threads=spec.get("threads"))
 
+    tasks: dict[int, Any] = {}  # one task pipeline per model: its tokenizer is read once, not per point
+
     def call(model: Any, point: dict[str, Any]) -> Call:
         import numpy as np
 
         feed = _feed(point)
-        task = for_model(model)
+        if id(model) not in tasks:
+            tasks[id(model)] = for_model(model)
+        task = tasks[id(model)]
         if task is None or point.get("texts") is None:
             return lambda: model.run(feed)
         task.encode.fix_length(point["seq_len"])  # type: ignore[attr-defined]
@@ -112,15 +116,6 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], Runner]] = {
     "gpux": _gpux, "onnxruntime": _onnxruntime, "pytorch": _pytorch}
 
 
-def _timed(call: Call, runs: int) -> list[float]:
-    clock, out = time.perf_counter_ns, []
-    for _ in range(runs):
-        t0 = clock()
-        call()
-        out.append((clock() - t0) / 1e6)
-    return out
-
-
 class Session:
     """One runner, loaded once, then timing whichever point the parent asks for next."""
 
@@ -148,7 +143,9 @@ class Session:
             for _ in range(warmup):
                 self._call()
         assert self._call is not None
-        return _timed(self._call, runs)
+        from gpux.bench.runner import time_calls
+
+        return time_calls(self._call, runs)
 
     def finish(self) -> dict[str, Any]:
         from gpux.bench.env import peak_rss_mb

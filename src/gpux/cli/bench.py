@@ -101,6 +101,8 @@ def run(
     """Benchmark MODELs: latency percentiles, throughput, load time, memory, vs raw onnxruntime and PyTorch."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    import tempfile
+
     from gpux.bench import report
     from gpux.bench.plan import build_plan, split_list
     from gpux.bench.suite import Target, failures, make_points, run_plan, total_steps
@@ -115,8 +117,6 @@ def run(
         "runs": runs, "warmup": warmup, "baselines": split_list("--baseline", baseline), "threads": threads,
         "provider": provider, "input": input, "out": out, "min_cosine": min_cosine, "min_agreement": min_agreement})
     console = common.err_console()
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="gpux-bench-") as work:
         targets = []
         for entry in plan.entries():
