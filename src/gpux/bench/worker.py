@@ -1,4 +1,4 @@
-"""One runner measured in its own process: ``python -m gpux.bench.worker`` (a JSON spec on stdin).
+"""One runner measured in its own process: ``python -m gpux.bench.worker`` (a JSON spec, then commands, on stdin).
 
 Each runner (gpux, raw onnxruntime, PyTorch eager) gets a fresh interpreter, so
 its cold load (importing its runtime + building the model) and its peak RSS are
@@ -7,7 +7,7 @@ its own and not the sum of everything measured before it. The spec:
     {"runner": "gpux" | "onnxruntime" | "pytorch", "unit": "vectors",
      "ref": "name:tag", "graph": "/path/model.onnx", "providers": [...],
      "source": "/hf/folder", "task": "...", "threads": null | int,
-     "runs": 20, "warmup": 3, "warm_loads": 3,
+     "warm_loads": 3,
      "points": [{"key": "b1_s128", "batch_size": 1, "seq_len": 128, "feed": "/x.npz", "texts": [...]}]}
 
 Every runner times the same tensors (``feed``); the gpux runner times its whole
