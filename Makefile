@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 GPUX   := $(VENV)/bin/gpux
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench reliability clean
 
 # torch is pinned to the CPU wheel this machine carries (pyproject's convert extra says torch==2.13.0).
 $(VENV)/.base: pyproject.toml requirements/models.txt
@@ -40,6 +40,11 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/serve_load.py
 	$(GPUX) bench sentence-transformers/all-MiniLM-L6-v2 --precisions fp32,int8,int8-static --batch-sizes 1,16 \
 		--seq-lens 128 --min-cosine 0.97 --out benchmarks/results/gpux-bench
+
+# The reliability campaign of issue 9 (fuzzing, overload, kill -9 faults, memory under the item cap).
+reliability: $(VENV)/.dev
+	$(PIP) 'schemathesis>=4.32'
+	$(PY) benchmarks/reliability.py
 
 clean:
 	rm -rf $(VENV)

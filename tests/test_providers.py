@@ -60,5 +60,5 @@ def test_cuda_really_runs_when_present(model_dir) -> None:  # type: ignore[no-un
         pytest.skip("onnxruntime here has no CUDA provider")
     m = gpux.load(model_dir / "mlp.onnx", provider="cuda", placement=True)
     m.run({"x": [[1, 2, 3, 4]]})
-    assert m.providers[0] == "CUDAExecutionProvider"
+    assert m.providers[0] == "cuda" and m.ort_providers[0] == "CUDAExecutionProvider"
     assert m.placement is not None and m.placement.get("cuda", 0) > 0

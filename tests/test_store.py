@@ -66,7 +66,7 @@ def test_verification_is_remembered_until_the_file_changes(tmp_path: Path, model
     gpux.load("stamp")
     entry = store.manifest("stamp").files["mlp.onnx"]
     st = _blob_of(store, "stamp").stat()
-    assert entry["verified"] == [st.st_size, st.st_mtime_ns, st.st_ino]
+    assert entry["verified"][:4] == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]  # + when it was checked
 
 
 def test_rm_keeps_shared_blobs_and_prune_frees_the_rest(tmp_path: Path, model_dir: Path, gpux_home: Path) -> None:

@@ -34,7 +34,8 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML's `true` is not port 1 and "8080" is not a number; a value must have the type the key takes.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class TensorDecl(_Strict):
@@ -102,6 +103,9 @@ def load_yaml(path: Path, schema: type[_M], docs: str, keys: str) -> _M:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check the path") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}",
+                          hint="save the file as UTF-8") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -124,8 +128,17 @@ def describe_errors(exc: ValidationError) -> str:
         elif err["type"] == "missing":
             parts.append(f"missing key {loc!r}")
         else:
-            parts.append(f"{loc}: {err['msg']}")
+            given = err.get("input")
+            shown = f" (got {_yaml_repr(given)})" if isinstance(given, (bool, int, float, str)) else ""
+            parts.append(f"{loc}: {err['msg']}{shown}")
     return "; ".join(parts)
+
+
+def _yaml_repr(value: Any) -> str:
+    """How the value was written in YAML: ``true`` rather than Python's ``True``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
 
 
 def resolve_source(source: str, base: Path) -> Path:

@@ -159,7 +159,7 @@ class Session:
             from gpux.engine.providers import alias_of
 
             out["providers"] = [alias_of(p) for p in self.state.providers]
-            out["providers_full"] = list(self.state.providers)
+            out["providers_full"] = list(self.state.ort_providers)
             out["threads"] = self.state.settings.get("intra_op_threads")
         elif self.spec["runner"] == "pytorch":
             import torch

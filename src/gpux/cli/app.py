@@ -21,6 +21,7 @@ from gpux.cli import run as run_cmd
 from gpux.cli import serve as serve_cmd
 from gpux.cli import store_cmds
 from gpux.cli import validate as validate_cmd
+from gpux.cli import verify as verify_cmd
 from gpux.errors import GpuxError
 
 app = typer.Typer(
@@ -57,6 +58,7 @@ app.command("ls")(store_cmds.ls)
 app.command("rm", no_args_is_help=True)(store_cmds.rm)
 app.command("prune")(store_cmds.prune)
 app.command("validate", no_args_is_help=True)(validate_cmd.validate)
+app.command("verify")(verify_cmd.verify)
 app.add_typer(bench_app, name="bench")
 
 

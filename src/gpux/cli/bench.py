@@ -60,17 +60,20 @@ def compare(
 
         typer.echo(dump({"rows": [{**vars(r), "delta": r.delta} for r in rows], "regressions": len(bad)}))
     else:
-        from rich.console import Console
         from rich.table import Table
 
+        from gpux.cli.render import console as make_console
+
         table = Table(show_header=True, header_style="bold", box=None)
-        for col in ("metric", "base", "new", "delta", "gate", "noise", "verdict"):
-            table.add_column(col, justify="right" if col not in ("metric", "verdict") else "left")
+        # Metric names differ only at their ends (...b1_s128.latency.p50_ms): fold, never cut with an ellipsis.
+        table.add_column("metric", overflow="fold")
+        for col in ("base", "new", "delta", "gate", "noise", "verdict"):
+            table.add_column(col, justify="right" if col != "verdict" else "left", no_wrap=True)
         for r in rows:
             style = "bold red" if r.verdict == "REGRESSION" else ("green" if r.verdict == "better" else "")
             table.add_row(r.metric, f"{r.base:.4g}", f"{r.new:.4g}", f"{r.delta:+.1%}", f"{r.gate:.0%}",
                           f"±{r.noise:.1%}", f"[{style}]{r.verdict}[/]" if style else r.verdict)
-        console = Console()
+        console = make_console()
         console.print(table)
         console.print(f"{len(bad)} regression(s) in {len(rows)} metrics", markup=False)
     if bad:
@@ -116,7 +119,9 @@ def run(
         "seq_lens": split_list("--seq-lens", seq_lens, int), "precisions": split_list("--precisions", precisions),
         "runs": runs, "warmup": warmup, "baselines": split_list("--baseline", baseline), "threads": threads,
         "provider": provider, "input": input, "out": out, "min_cosine": min_cosine, "min_agreement": min_agreement})
-    console = common.err_console()
+    from gpux.cli.render import console as make_console
+
+    console = make_console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="gpux-bench-") as work:
         targets = []
         for entry in plan.entries():

@@ -27,25 +27,42 @@ def err_console() -> Any:
 def bundle_or_pull(ref: str) -> Bundle:
     """The bundle of ``ref``; a Hub id or Hugging Face folder not converted yet is pulled first, in a child process.
 
-    The child keeps torch and transformers out of this process: `gpux run` never
-    imports them. A stored model read here counts as a cache hit in ``gpux ls --stats``.
+    A stored model with a corrupt or missing blob is repaired from its source
+    the same way (gpux.store.repair). The child keeps torch and transformers out
+    of this process: `gpux run` never imports them. A stored model read here
+    counts as a cache hit in ``gpux ls --stats``.
     """
     import subprocess
     import sys
 
     from gpux.errors import ModelNotFoundError
     from gpux.store import stats
-    from gpux.store.blobs import CorruptBlobError
-    from gpux.store.local import home, looks_like_hub_id, resolve
+    from gpux.store.local import Store, home, looks_like_hub_id, resolve
+    from gpux.store.repair import MissingBlobError, get_or_repair
 
+    def say(what: str, exc: Exception) -> None:
+        missing = isinstance(exc, MissingBlobError)
+        why = "a stored file was missing" if missing else "a stored file was corrupt (deleted)"
+        err_console().print(f"{what}: {why}; pulling it again", markup=False, highlight=False)
+
+    folder = Path(ref).expanduser()
+    hf_folder = (folder / "config.json").is_file()
     try:
-        bundle = resolve(_stored_folder(ref) or ref)
-    except (ModelNotFoundError, CorruptBlobError) as exc:
-        folder = Path(ref).expanduser()
-        if not (looks_like_hub_id(ref) or (folder / "config.json").is_file()):
+        if hf_folder:  # a Hugging Face folder: its stored conversion, if the content still matches
+            stored = _stored_folder(ref)
+            if stored is None:
+                raise ModelNotFoundError(f"{ref} is not converted yet")
+            bundle = get_or_repair(stored, Store(), on_repair=say)
+        elif folder.exists() or ref.startswith((".", "/", "~")) or ref.endswith(".onnx") or ref.count("/") > 1:
+            bundle = resolve(ref)  # a file, a bundle or gpux.yml folder, or a path that is not there
+        else:
+            store = Store()
+            name = store.find_revision(*ref.split("@", 1)) if "@" in ref else ref
+            bundle = get_or_repair(name, store, on_repair=say)
+    except ModelNotFoundError:
+        if not (looks_like_hub_id(ref) or hf_folder):
             raise
-        why = "a stored file was corrupt (deleted)" if isinstance(exc, CorruptBlobError) else "not converted yet"
-        err_console().print(f"{ref}: {why}; pulling it", markup=False, highlight=False)
+        err_console().print(f"{ref}: not converted yet; pulling it", markup=False, highlight=False)
         child = subprocess.run([sys.executable, "-m", "gpux", "pull", ref], stdout=subprocess.PIPE, text=True)
         if child.returncode != 0:
             raise SystemExit(child.returncode) from None
@@ -56,18 +73,12 @@ def bundle_or_pull(ref: str) -> Bundle:
 
 
 def _stored_folder(ref: str) -> str | None:
-    """``name:tag`` of the stored conversion of a local Hugging Face folder ``ref``, if there is one."""
-    from gpux.errors import GpuxError
+    """``name:tag`` of the stored conversion of a local Hugging Face folder ``ref`` with its current content."""
+    from gpux.registry import local
     from gpux.store.local import Store
 
     folder = Path(ref).expanduser()
     if not (folder / "config.json").is_file():
         return None
-    store, name = Store(), folder.resolve().name.lower()
-    for tag in store.tags(name):
-        try:
-            if store.manifest(f"{name}:{tag}").source == {"kind": "local", "path": str(folder.resolve())}:
-                return f"{name}:{tag}"
-        except GpuxError:
-            continue
-    return None
+    folder = folder.resolve()
+    return local.find_stored(Store(), folder, local.source(folder))

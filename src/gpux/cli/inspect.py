@@ -17,14 +17,14 @@ def inspect(
 ) -> None:
     """Show what MODEL expects and returns, and what it is made of."""
     from gpux.cli.inputs import dump
+    from gpux.cli.run import ort_log_level
     from gpux.engine.model import load
 
-    info = load(model, provider, log_level=common.ort_log_level()).info
+    # Resolved as `gpux run` resolves it: a Hugging Face folder or Hub id means its stored conversion.
+    info = load(common.bundle_or_pull(model), provider, log_level=ort_log_level()).info
     if as_json:
         typer.echo(dump(info))
         return
-    from rich.console import Console
+    from gpux.cli.render import console, inspect_view
 
-    from gpux.cli.render import inspect_view
-
-    Console().print(inspect_view(info))
+    console().print(inspect_view(info))

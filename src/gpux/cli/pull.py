@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from gpux.cli import common
-from gpux.errors import ConvertError
+from gpux.errors import ConvertError, ModelNotFoundError, RegistryError
+from gpux.registry import split_revision
 
 if TYPE_CHECKING:
+    from gpux.registry import Located
     from gpux.store.local import Store
 
 
@@ -36,11 +38,25 @@ def pull(
 
     variant = Variant(optimize.upper() if optimize else None, dtype, quantize)  # checked before any work
     console = common.err_console()
-    with download_progress(console) as progress:
-        located = locate(model, revision, allow_pickle, rich_tqdm(progress, f"downloading {model}"))
     store = Store()
+    try:
+        with download_progress(console) as progress:
+            located = locate(model, revision, allow_pickle, rich_tqdm(progress, f"downloading {model}"))
+    except (ModelNotFoundError, RegistryError) as exc:
+        repo = split_revision(model)[0]
+        close = [n for n in store.close_names(repo) if n != repo]
+        if close:  # a typo of a stored model reads better as that than as "cannot reach the Hub"
+            exc.hint = f"did you mean {' or '.join(close)} (stored)? " + (exc.hint or "")
+        raise
+    if located.source.get("kind") == "local":
+        from gpux.registry import local
+
+        wanted, located.name = located.name, local.store_name(located.folder, local.owners(store))
+        if located.name != wanted:
+            console.print(f"{wanted!r} is taken by another folder or model in the store; storing "
+                          f"{located.folder.name} as {located.name}", markup=False, highlight=False)
     with store.lock(located.name):  # a second pull of the same model waits, then finds it stored
-        hit = None if force else _stored(store, located.name, located.source, task)
+        hit = None if force else _stored(store, located, task)
         if hit is None:
             try:
                 from gpux.convert.pipeline import convert
@@ -48,7 +64,10 @@ def pull(
                 raise ConvertError(f"converting needs the convert extra ({exc.name} is missing)",
                                    hint="pip install 'gpux[convert]'") from exc
             with console.status(f"converting {located.name} (export + parity check)"):
-                bundle = convert(located.folder, name=located.name, source=located.source, task=task,
+                from gpux.registry.local import with_digest
+
+                source = with_digest(located.source, located.folder)  # a local folder's content, keyed
+                bundle = convert(located.folder, name=located.name, source=source, task=task,
                                  allow_pickle=allow_pickle, store=store)
     if hit is not None:
         ref = hit
@@ -95,16 +114,27 @@ def _variant(store: Store, base: str, variant: Any, min_cosine: float | None, mi
     return ref
 
 
-def _stored(store: Store, name: str, source: dict[str, Any], task: str | None) -> str | None:
-    """``name:tag`` of a stored conversion of exactly this source (and task), if its files verify."""
-    from gpux.errors import GpuxError
+def _stored(store: Store, located: Located, task: str | None) -> str | None:
+    """``name:tag`` of a stored conversion of exactly this source (and task), if every blob hashes right.
 
+    A pull hashes every blob whatever its stamp says (``full``): it is the
+    command people run when something looks wrong, and a bad blob found here is
+    deleted and converted again rather than reported "up to date". A local
+    folder matches by path and content (a re-saved folder converts again).
+    """
+    from gpux.errors import GpuxError
+    from gpux.registry import local
+
+    name, source = located.name, located.source
     for tag in store.tags(name):
         if task is not None and tag != task:
             continue
         try:
-            if store.manifest(f"{name}:{tag}").source == source:
-                store.get(f"{name}:{tag}")  # verifies every blob; a corrupt one means convert again
+            stored = store.manifest(f"{name}:{tag}").source
+            same = (local.same_content(stored, source, located.folder) if source.get("kind") == "local"
+                    else stored == source)
+            if same:
+                store.get(f"{name}:{tag}", full=True)  # a corrupt or missing blob means convert again
                 return f"{name}:{tag}"
         except GpuxError:
             continue

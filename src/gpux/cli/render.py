@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
+
+
+#: Width of a console that is not a terminal: a pipe or a file gets whole rows, never wrapped at 80 columns.
+PIPE_WIDTH = 250
+
+
+def console(stderr: bool = False) -> Console:
+    """The console every table is printed on: the terminal's width on a tty, :data:`PIPE_WIDTH` otherwise."""
+    stream = sys.stderr if stderr else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=PIPE_WIDTH)
 
 
 def _mb(n: float) -> str:

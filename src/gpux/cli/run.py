@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -35,33 +38,55 @@ def run(
     from gpux.cli.inputs import dump, read_input
     from gpux.engine.model import load
     from gpux.engine.options import OPT_LEVELS
-    from gpux.engine.providers import alias_of
 
     if optimization is not None and optimization not in OPT_LEVELS:
         raise UsageError(f"--optimization {optimization!r} is not a level",
                          hint=f"use one of {', '.join(OPT_LEVELS)}")
-    from gpux.tasks import for_model
 
     feed = read_input(input)
     m = load(common.bundle_or_pull(model), provider, intra_op_threads=threads, graph_optimization=optimization,
-             placement=True, log_level=common.ort_log_level())
-    task = for_model(m)
+             placement=True, log_level=ort_log_level())
+    task = m.task
     call: Callable[[], Any] = (lambda: task(feed)) if task is not None else (lambda: m.run(feed))
-    if bench:
-        result = _benchmark(m, feed, runs, warmup, call if task is not None else None)
-    else:
-        start = time.perf_counter()
-        answer = call()
-        run_ms = (time.perf_counter() - start) * 1e3
-        result = {"model": m.name, "task": m.bundle.manifest.task,
-                  **(answer if task is not None else {"outputs": answer}),
-                  "providers": [alias_of(p) for p in m.providers], "placement": m.placement,
-                  "timings": {"load_ms": m.load_ms, "run_ms": run_ms}}
+    with _truncation_warnings():
+        if bench:
+            result = _benchmark(m, feed, runs, warmup, call if task is not None else None)
+        else:
+            start = time.perf_counter()
+            answer = call()
+            run_ms = (time.perf_counter() - start) * 1e3
+            result = {"model": m.name, "task": m.bundle.manifest.task,
+                      **(answer if task is not None else {"outputs": answer}),
+                      "providers": m.providers, "placement": m.placement,
+                      "timings": {"load_ms": m.load_ms, "run_ms": run_ms}}
     text = dump(result)
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
     else:
         typer.echo(text)
+
+
+def ort_log_level() -> int:
+    """onnxruntime's log level for commands: warnings with -v, otherwise nothing below fatal.
+
+    gpux turns every onnxruntime failure into its own one-line error, so onnxruntime's
+    coloured error lines (a failed load's "could not write a profile") only repeat it.
+    """
+    return 2 if common.state["verbose"] else 4
+
+
+@contextlib.contextmanager
+def _truncation_warnings() -> Iterator[None]:
+    """Print each text the task layer cut to the model's limit once, on stderr, after the run."""
+    from gpux.tasks.text import TruncationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("once", TruncationWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, TruncationWarning):
+            sys.stderr.write(f"warning: {w.message} "
+                             '(send "truncate": false in --input to refuse texts that are too long)\n')
 
 
 def _benchmark(m: Model, feed: Mapping[str, Any], runs: int, warmup: int,
@@ -71,7 +96,9 @@ def _benchmark(m: Model, feed: Mapping[str, Any], runs: int, warmup: int,
     from gpux.bench.runner import benchmark
     from gpux.cli.render import benchmark_table
 
-    console = common.err_console()
+    from gpux.cli.render import console as make_console
+
+    console = make_console(stderr=True)
     every = max(1, runs // 50)
     columns = (TextColumn("benchmark {task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn())

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import re
+import socket
 from typing import Optional
 
 import typer
 
-from gpux.errors import UsageError
+from gpux.errors import GpuxError, UsageError
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?$", re.I)
 
@@ -34,12 +37,25 @@ def serve(
                                              help="Wait this long to fill a batch (0: take what is queued)."),
     max_queue: int = typer.Option(256, "--max-queue", min=1, help="Queued requests per model before 429."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds before a queued request gets 504."),
+    max_items: int = typer.Option(2048, "--max-items", min=1, help="Items (texts) one request may hold; past it 413."),
+    max_tokens: int = typer.Option(300_000, "--max-tokens", min=1,
+                                   help="Tokens one request may use (task models); past it 413."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GPUX_API_KEY", help="Require Bearer KEY."),  # noqa: UP007
     max_body_mb: float = typer.Option(10.0, "--max-body-mb", min=0.001, help="Largest request body accepted."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads per model (default: cores "  # noqa: UP007
                                           "÷ instances)."),
     instances: Optional[int] = typer.Option(None, "--instances", min=1, max=64, help="Batches run at once per "  # noqa: UP007
                                             "model, sharing its session (default 1)."),
+    max_in_flight: Optional[int] = typer.Option(None, "--max-in-flight", min=1, help="POST requests handled at "  # noqa: UP007
+                                                "once; past it 429 before the body is read (default: max-queue + "
+                                                "max-batch-size x instances)."),
+    max_connections: Optional[int] = typer.Option(None, "--max-connections", min=1, help="Open connections; past "  # noqa: UP007
+                                                  "it the oldest one still sending headers is closed (default: the "
+                                                  "open-file limit less 128)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.001,
+                                         help="Seconds a client has to send a request's headers (then 408)."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", min=0.001,
+                                       help="Seconds a client has to send a request's body (then 408)."),
 ) -> None:
     """Serve stored models over HTTP: native, OpenAI, Ollama and KServe v2 routes.
 
@@ -52,13 +68,14 @@ def serve(
         from gpux.serve.app import ServeSettings, create_app, keep_alive_seconds
         from gpux.serve.batcher import BatchConfig
         from gpux.serve.manager import ModelManager
+        from gpux.serve.protocol import default_max_connections, server_config
     except ImportError as exc:
         raise UsageError(f"serving needs the serve extra ({exc.name} is missing)",
                          hint="pip install 'gpux[serve]'") from exc
     from gpux.store.local import Store
 
     serving = Store().manifest(models[0]).serving if models else {}
-    host = host or serving.get("host") or "127.0.0.1"
+    host = _host(host, serving.get("host"), api_key)
     port = port if port is not None else int(serving.get("port") or 8080)
     max_batch_size = max_batch_size or int(serving.get("batch_size") or 32)
     instances = instances or int(serving.get("instances") or 1)
@@ -66,10 +83,101 @@ def serve(
         budget_bytes=parse_bytes(memory_budget) if memory_budget else None,
         keep_alive_s=keep_alive_seconds(keep_alive) or 0.0,
         batch=BatchConfig(max_batch=max_batch_size, max_delay_ms=max_queue_delay_ms, max_queue=max_queue,
-                          timeout_s=timeout, instances=instances),
+                          timeout_s=timeout, instances=instances, max_items_per_request=max_items,
+                          max_tokens_per_request=max_tokens),
         threads=threads)
     for ref in models or []:
         manager.require(ref)  # fail before binding the port
-    app = create_app(manager, ServeSettings(api_key=api_key, max_body_bytes=int(max_body_mb * 1e6),
-                                            preload=tuple(models or ())))
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    settings = ServeSettings(api_key=api_key, max_body_bytes=int(max_body_mb * 1e6), preload=tuple(models or ()),
+                             header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                             max_connections=max_connections or default_max_connections(), max_in_flight=max_in_flight)
+    app = create_app(manager, settings)
+    address: str = host
+    sock = _bind(address, port)  # before uvicorn: a busy port is one line naming --port, not uvicorn's log
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Optional[list[socket.socket]] = None) -> None:  # noqa: UP007
+            try:
+                await super().startup(sockets)
+            except SystemExit:  # uvicorn's way to say the app did not start: gpux says why, below
+                self.should_exit = True
+                return
+            if self.started:
+                _banner(address, sock.getsockname()[1], sorted(manager.models))
+
+    server = Server(server_config(app, settings, host=address, port=port))
+    server.run(sockets=[sock])
+    if not server.started:  # the app did not start: a preload failed
+        error = getattr(app.state, "startup_error", None)
+        raise error if isinstance(error, GpuxError) else GpuxError(
+            "the server did not start", hint="the lines above say why")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host(flag: str | None, from_yml: object, api_key: str | None) -> str:
+    """The address to bind: loopback unless ``--host`` says otherwise.
+
+    A model's gpux.yml may pick another loopback address, never a public one: a file pulled with a
+    model must not open the server to the network (``serving.host: 0.0.0.0`` bound every interface
+    with no flag, warning or key). Leaving loopback without ``--api-key`` is allowed, with a warning.
+    """
+    from gpux.cli import common
+
+    host = flag
+    if host is None:
+        host = "127.0.0.1"
+        if isinstance(from_yml, str) and from_yml:
+            if _is_loopback(from_yml):
+                host = from_yml
+            else:
+                common.err_console().print(
+                    f"warning: gpux.yml asks for serving.host {from_yml}; binding 127.0.0.1 (pass --host "
+                    f"{from_yml} to listen there)", markup=False, highlight=False, soft_wrap=True)
+    if not _is_loopback(host) and not api_key:
+        common.err_console().print(
+            f"warning: listening on {host} without --api-key: anyone who can reach this machine can use the API "
+            "(set --api-key or GPUX_API_KEY)", markup=False, highlight=False, soft_wrap=True)
+    return host
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port), or a UsageError that names the flag to change."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {host!r}: {exc.strerror}", hint="check --host") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {port} on {host} is already in use",
+                             hint="pick another with --port, or stop the server that holds it") from None
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                         hint="check --host and --port (ports below 1024 need privileges)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _banner(host: str, port: int, loaded: list[str]) -> None:
+    from gpux.cli import common
+
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}"
+    lines = [f"gpux serve listening on {url}",
+             f"  models loaded: {', '.join(loaded)}" if loaded else
+             f"  models loaded: none yet (stored models load on their first request; {url}/models lists them)",
+             f"  API docs: {url}/docs   (Ctrl-C stops)"]
+    common.err_console().print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)

@@ -78,14 +78,24 @@ def ls(
 
 def rm(model: str = typer.Argument(..., help="name[:tag]; without a tag every tag of the model.")) -> None:
     """Remove a stored model and the files no other model uses."""
+    import sys
+
+    from gpux.store import leases
     from gpux.store.local import Store
 
-    for ref in Store().remove(model):
+    store = Store()
+    held = leases.holders(store.root, model)  # read first: a server may drop its lease as files go
+    for ref in store.remove(model):
         typer.echo(f"removed {ref}")
+    for lease in held:
+        where = f" at {lease['url']}" if lease.get("url") else ""
+        names = ", ".join(m for m in lease.get("models", []) if m == model or m.partition(":")[0] == model)
+        sys.stderr.write(f"warning: a running gpux serve (pid {lease['pid']}{where}) has {names or model} loaded; "
+                         "it serves it from memory until it unloads it, and cannot load it again\n")
 
 
 def prune() -> None:
-    """Delete stored files no model uses any more."""
+    """Delete stored files no model uses any more, and scratch files of killed or finished processes."""
     from gpux.store.local import Store
 
     freed = Store().prune()

@@ -58,3 +58,21 @@ def detect_task(folder: Path, supported: tuple[str, ...]) -> str:
     raise ConvertError(
         f"cannot tell a supported task for this model (architectures: {found}; pipeline_tag: {tag or 'none'})",
         hint=f"pass --task with one of: {', '.join(supported)}")
+
+
+def refuse_remote_code(folder: Path) -> None:
+    """Refuse a model that ships its own Python classes (``auto_map``): gpux never runs a model's code.
+
+    Checked before the tokenizer or config is loaded, because transformers would
+    otherwise stop with a ValueError about ``trust_remote_code`` (exit 1). A
+    config with ``auto_map`` but a built-in ``model_type`` loads without the code.
+    """
+    from gpux.convert.architectures import ARCHITECTURES
+
+    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    auto_map = config.get("auto_map")
+    if auto_map and config.get("model_type") not in ARCHITECTURES:
+        classes = ", ".join(sorted(str(v) for v in (auto_map.values() if isinstance(auto_map, dict) else [auto_map])))
+        raise ConvertError(f"the model needs its own Python code to load (auto_map: {classes[:200]}); gpux does not "
+                           "run a model's code (trust_remote_code)",
+                           hint=f"use a model of a supported architecture: {', '.join(sorted(ARCHITECTURES))}")

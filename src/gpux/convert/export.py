@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 
 from gpux.convert.architectures import ARCHITECTURES, Architecture
+from gpux.convert.detect import refuse_remote_code
 from gpux.errors import ConvertError
+from gpux.store.blobs import disk_full, no_space
 
 #: The task's exported output, and the transformers Auto class that loads the model for it.
 TASK_HEADS: dict[str, tuple[str, str]] = {
@@ -55,7 +57,14 @@ class Exported:
 def _load(folder: Path, task: str, allow_pickle: bool) -> tuple[Any, Architecture]:
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(folder)
+    refuse_remote_code(folder)
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ConvertError("the model needs its own Python code to load; gpux does not run a model's code "
+                           "(trust_remote_code)", hint=f"supported: {', '.join(sorted(ARCHITECTURES))}") from exc
     arch = ARCHITECTURES.get(config.model_type)
     if arch is None:
         raise ConvertError(f"architecture {config.model_type!r} is not supported for export yet",
@@ -65,8 +74,31 @@ def _load(folder: Path, task: str, allow_pickle: bool) -> tuple[Any, Architectur
     if not has_safetensors and not allow_pickle:
         raise ConvertError("the model has no .safetensors weights, only pickle files",
                            hint="pickle can run code when loaded; pass --allow-pickle if you trust the source")
-    model = auto.from_pretrained(folder, use_safetensors=has_safetensors, attn_implementation="eager")  # the graph shape ORT fuses into Attention
+    try:  # eager attention: the graph shape ORT fuses into Attention
+        model = auto.from_pretrained(folder, use_safetensors=has_safetensors, attn_implementation="eager")
+    except Exception as exc:
+        if has_safetensors or not _pickle_refused(exc):
+            raise
+        raise ConvertError("torch refused to load the pickle weights with weights_only=True (they hold objects "
+                           f"other than tensors): {_first_line(exc)}",
+                           hint="gpux never unpickles arbitrary objects; convert the weights to .safetensors "
+                                "where you trust the code, then pull that folder") from exc
     return model.eval(), arch
+
+
+def _pickle_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is torch's weights_only unpickler refusing a file."""
+    import pickle
+
+    while exc is not None:
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc) or "Weights only" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _examples(arch: Architecture, vocab: int, batch: int, seq: int, seed: int) -> dict[str, Any]:
@@ -140,6 +172,11 @@ def export(folder: Path, task: str, out: Path, *, allow_pickle: bool = False,
             rejected[kind] = exc.message
             continue
         except Exception as exc:  # exporters raise many unrelated types
+            full = no_space(exc)
+            if full is not None:  # another exporter would fail the same way: say what is wrong
+                from gpux.store.local import home
+
+                raise disk_full(home(), full, "the exported model") from exc
             rejected[kind] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             continue
         return Exported(out, arch, output, kind, parity, time.perf_counter() - start,

@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gpux.convert.detect import detect_task, read_json
+from gpux.convert.detect import detect_task, read_json, refuse_remote_code
 from gpux.errors import ConvertError
+from gpux.store.blobs import disk_full, no_space
 from gpux.store.bundle import Bundle, Manifest
 from gpux.store.local import Store
 
@@ -63,6 +64,7 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
     """Convert the HF-layout ``folder`` and publish it as ``name:task`` in the store."""
     from gpux.convert.export import OPSET, export
 
+    refuse_remote_code(folder)
     if task is not None and task not in SUPPORTED_TASKS:
         raise ConvertError(f"task {task!r} is not supported", hint=f"supported tasks: {', '.join(SUPPORTED_TASKS)}")
     task = task or detect_task(folder, SUPPORTED_TASKS)
@@ -100,5 +102,9 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
         files = {"model.onnx": exported.path, "tokenizer.json": folder / "tokenizer.json",
                  TASK_CONFIG: Path(work) / TASK_CONFIG}
         return store.publish(manifest, files, move=frozenset({"model.onnx", TASK_CONFIG}))
+    except OSError as exc:  # the scratch files: a full disk reads as one, naming where
+        if no_space(exc) is None:
+            raise
+        raise disk_full(store.root, exc, f"the conversion of {name}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)

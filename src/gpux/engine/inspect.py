@@ -46,7 +46,7 @@ def describe(model: Model) -> dict[str, Any]:
         "assets": m.assets,
         "runtime": model.settings,
         "providers": {
-            "session": [providers.alias_of(p) for p in model.providers],
+            "session": list(model.providers),
             "available": [providers.alias_of(p) for p in providers.available()],
         },
     }

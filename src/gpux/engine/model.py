@@ -8,9 +8,10 @@ arguments of :func:`load`, the bundle's ``runtime`` section, gpux's defaults.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from gpux.engine.options import RuntimeOptions
 from gpux.engine.session import Graph
 from gpux.store.bundle import Bundle
 from gpux.store.local import Store, resolve
+
+if TYPE_CHECKING:
+    from gpux.tasks import Task
 
 
 class Model:
@@ -39,6 +43,9 @@ class Model:
                 placement=placement)
         self._default = self.graphs[m.default_graph]
         self._info: dict[str, Any] | None = None
+        self._task: Task | None = None
+        self._task_built = False
+        self._task_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -46,12 +53,23 @@ class Model:
 
     @property
     def providers(self) -> list[str]:
-        """Providers the default graph's session really has (onnxruntime's names), best first."""
-        return self._default.providers
+        """Providers the default graph's session really has, best first, as the CLI names them (``cpu``)."""
+        return [_providers.alias_of(p) for p in self._default.providers]
+
+    @property
+    def ort_providers(self) -> list[str]:
+        """The same providers under onnxruntime's names (``CPUExecutionProvider``)."""
+        return list(self._default.providers)
 
     @property
     def placement(self) -> dict[str, int] | None:
-        """Nodes per provider on the first run, when loaded with ``placement=True``."""
+        """Nodes per provider (short names), e.g. ``{"cpu": 57}``.
+
+        With ``load(placement=True)`` (what the CLI does): the nodes the first run
+        executed, from onnxruntime's profiler, None before that run. Otherwise the
+        nodes onnxruntime assigned at load, read on first access (untaken ``If``
+        branches counted too); ``run`` is not slowed either way.
+        """
         return self._default.placement
 
     @property
@@ -81,6 +99,42 @@ class Model:
         return self.graphs[graph].run(inputs)
 
     @property
+    def task(self) -> Task | None:
+        """The model's task pipeline (tokenize -> run -> pool/softmax), built on first use; None for raw tensors."""
+        if not self._task_built:
+            with self._task_lock:
+                if not self._task_built:
+                    from gpux.tasks import for_model
+
+                    self._task = for_model(self)
+                    self._task_built = True
+        return self._task
+
+    def predict(self, inputs: Any) -> dict[str, Any]:
+        """What ``gpux run`` answers, from Python.
+
+        A task model takes text: ``"one text"``, ``["a", "b"]`` or the CLI's payload
+        ``{"inputs": [...]}``, and returns the task's answer (``{"embeddings": ...}``,
+        ``{"predictions": ...}``). A raw-tensor model takes its inputs by name and
+        returns its outputs by name, as :meth:`run` does.
+        """
+        task = self.task
+        if task is None:
+            if not isinstance(inputs, Mapping):
+                from gpux.errors import InputNameError
+
+                raise InputNameError(f"model {self.name!r} has no task: give its inputs by name",
+                                     hint="the model takes " + ", ".join(
+                                         f"{s.name}: {s.describe()}" for s in self.inputs))
+            return self.run(inputs)
+        payload = dict(inputs) if isinstance(inputs, Mapping) else {"inputs": inputs}
+        return task(payload)
+
+    def __call__(self, inputs: Any) -> dict[str, Any]:
+        """``model(inputs)`` is :meth:`predict`."""
+        return self.predict(inputs)
+
+    @property
     def info(self) -> dict[str, Any]:
         """What ``gpux inspect`` shows, as JSON-ready data."""
         if self._info is None:
@@ -90,7 +144,7 @@ class Model:
         return self._info
 
     def __repr__(self) -> str:
-        return f"<gpux.Model {self.name!r} providers={[_providers.alias_of(p) for p in self.providers]}>"
+        return f"<gpux.Model {self.name!r} providers={self.providers}>"
 
 
 def load(model: str | Path | Bundle, provider: str | None = None, *,
@@ -101,7 +155,8 @@ def load(model: str | Path | Bundle, provider: str | None = None, *,
 
     ``provider`` is ``auto`` (best available), or a name such as ``cpu`` or
     ``cuda``; an unavailable one raises :class:`~gpux.errors.ProviderUnavailableError`.
-    With ``placement=True`` the first run is profiled to count nodes per provider.
+    With ``placement=True`` the first run is profiled to count the nodes each provider
+    executed; without it ``Model.placement`` reports the nodes assigned at load.
     """
     bundle = model if isinstance(model, Bundle) else resolve(str(model), store)
     options = RuntimeOptions.from_dict(bundle.manifest.runtime).override(

@@ -61,6 +61,8 @@ class RuntimeOptions:
         so.inter_op_num_threads = self.inter_op_threads or 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = self.log_level
+        # Which provider got each node, kept at load so Model.placement needs no profiled run (no run cost).
+        so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
         if not self.spinning:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")

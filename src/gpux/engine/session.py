@@ -38,8 +38,15 @@ class Graph:
 
         self.path = path
         self._profile_dir = _profile_dir() if placement else None
+        if self._profile_dir:  # removed however this graph ends: a failed load or run, or exit before one
+            import weakref
+
+            weakref.finalize(self, shutil.rmtree, self._profile_dir, True)
         prefix = os.path.join(self._profile_dir, "p") if self._profile_dir else None
         so, self.settings = options.session_options(prefix)
+        # onnxruntime logs through its default logger too (a failed load's "could not write a profile"):
+        # the session's level applies to both, so only gpux's one-line error reaches stderr unless -v.
+        ort.set_default_logger_severity(options.log_level)
         start = time.perf_counter()
         with map_exceptions(f"loading {path.name}", loading=True):
             sess = ort.InferenceSession(str(path), so, providers=list(providers))
@@ -60,7 +67,7 @@ class Graph:
         self._out_names = [s.name for s in self.outputs]
         # The binding behind InferenceSession.run; fall back to the public call if it moves.
         self._run = getattr(getattr(sess, "_sess", None), "run", None) or sess.run
-        self.placement: dict[str, int] | None = None
+        self._placement: dict[str, int] | None = None
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Validate ``inputs``, run the graph, return outputs by name.
@@ -78,6 +85,20 @@ class Graph:
             self._finish_placement()
         return dict(zip(self._out_names, outs))
 
+    @property
+    def placement(self) -> dict[str, int] | None:
+        """Nodes per provider (short names).
+
+        Loaded with ``placement=True``: the nodes the first run executed, from the
+        profiler (None until that run). Otherwise: the nodes onnxruntime assigned at
+        load, read on first access from its assignment record (every branch of an
+        ``If`` counted; None where onnxruntime predates that record). Either way
+        ``run`` pays nothing for it after the first call.
+        """
+        if self._placement is None and self._profile_dir is None:
+            self._placement = assigned_placement(self.session)
+        return self._placement
+
     def check(self, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
         """The validated, cast feed for ``inputs``; raises :class:`~gpux.errors.InputError`."""
         return self._plan.prepare(inputs)
@@ -87,9 +108,9 @@ class Graph:
         prof_dir, self._profile_dir = self._profile_dir, None
         path = self.session.end_profiling()
         try:
-            self.placement = count_placement(json.loads(Path(path).read_text()))
+            self._placement = count_placement(json.loads(Path(path).read_text()))
         except (OSError, ValueError):
-            self.placement = None
+            self._placement = None
         finally:
             shutil.rmtree(prof_dir or "", ignore_errors=True)  # the profile folder is ours alone
 
@@ -101,9 +122,23 @@ def _profile_dir() -> str:
     tmp = home() / "tmp"
     try:
         tmp.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkdtemp(prefix="profile-", dir=tmp)
+        return tempfile.mkdtemp(prefix=f"profile-{os.getpid()}-", dir=tmp)  # pid: prune reclaims a killed run's
     except OSError:  # a read-only GPUX_HOME must not stop a run
         return tempfile.mkdtemp(prefix="gpux-profile-")
+
+
+def assigned_placement(session: Any) -> dict[str, int] | None:
+    """Nodes per provider as onnxruntime assigned them at load (RuntimeOptions asks it to record that)."""
+    read = getattr(session, "get_provider_graph_assignment_info", None)
+    if read is None:
+        return None
+    try:
+        counts: Counter[str] = Counter()
+        for sub in read():
+            counts[alias_of(sub.ep_name)] += len(sub.get_nodes())
+    except Exception:  # an onnxruntime without the record, or one not asked to keep it
+        return None
+    return dict(counts) or None
 
 
 def count_placement(events: list[dict[str, Any]]) -> dict[str, int]:

@@ -6,6 +6,15 @@ path that casts JSON-ish values (lists, numbers, strings) to the declared dtype,
 refusing casts that would lose information (1.5 into int64, 70000 into float16).
 Every refusal is a :class:`gpux.errors.InputError` naming the input, what was
 expected and what was given.
+
+The numeric policy, one rule for the CLI, the Python API and every server route
+(they all pass values through :meth:`InputPlan.prepare`): a value gpux casts must
+be a finite number (NaN and ±Infinity are refused: JSON has no such numbers) that
+the declared dtype holds exactly enough: a float must not overflow it (1e39 into
+float32), an integer must be whole and inside its range (including Python ints
+wider than 64 bits). Arrays already of the declared dtype are the caller's
+tensors and pass as they are. No dimension may be zero: onnxruntime aborts the
+process on some graphs given an empty tensor, so it never sees one.
 """
 
 from __future__ import annotations
@@ -117,6 +126,8 @@ class InputPlan:
                 for axis, size in c.fixed:
                     if shape[axis] != size:
                         self._shape_error(c, value)
+                if 0 in shape:
+                    self._empty_error(c, shape)
                 continue
             if feed is None:
                 feed = dict(inputs)
@@ -153,6 +164,13 @@ class InputPlan:
                     f"({spec.describe()}); got shape {tuple(arr.shape)}",
                     hint="only dimensions shown as names or ? may vary")
 
+    @staticmethod
+    def _empty_error(c: _Check, shape: tuple[int, ...]) -> None:
+        raise InputShapeError(
+            f"input {c.spec.name!r} has a zero-size dimension: shape {tuple(shape)} "
+            f"({c.spec.describe()})",
+            hint="every dimension needs at least one element: send a batch of one row or more")
+
     def _coerce(self, c: _Check, value: Any) -> Any:
         spec = c.spec
         if c.np_dtype is None:  # non-tensor or bfloat16 input: hand over untouched
@@ -161,6 +179,8 @@ class InputPlan:
         arr = _cast(spec, c.np_dtype, arr)
         if c.rank >= 0 and (arr.ndim != c.rank or any(arr.shape[a] != s for a, s in c.fixed)):
             self._shape_error(c, arr)
+        if 0 in arr.shape:
+            self._empty_error(c, arr.shape)
         return arr
 
     def _check_symbols(self, feed: Mapping[str, Any]) -> None:
@@ -180,6 +200,8 @@ class InputPlan:
 
 
 def _as_array(name: str, value: Any) -> np.ndarray:
+    """``value`` as an array. Lists of numbers, of strings, or Python ints too wide for
+    64 bits (an object array :func:`_cast` judges against the dtype) are accepted."""
     if isinstance(value, np.ndarray):
         return value
     try:
@@ -187,10 +209,22 @@ def _as_array(name: str, value: Any) -> np.ndarray:
     except ValueError as exc:
         raise InputShapeError(f"input {name!r} is a ragged list (rows of different lengths)",
                               hint="pad every row to the same length") from exc
-    if arr.dtype == object and not all(isinstance(v, str) for v in arr.flat):
-        raise InputShapeError(f"input {name!r} is a ragged or mixed list",
-                              hint="give a rectangular list of numbers (or of strings)")
+    if arr.dtype == object:
+        items = arr.ravel().tolist()
+        if all(isinstance(v, str) for v in items) or all(_is_number(v) for v in items):
+            return arr
+        odd = [v for v in items if not (isinstance(v, str) or _is_number(v))]
+        if not odd:
+            raise InputTypeError(f"input {name!r} mixes numbers and text",
+                                 hint="give a rectangular list of numbers, or of strings")
+        what = "null" if odd[0] is None else f"{type(odd[0]).__name__} {odd[0]!r}"
+        raise InputTypeError(f"input {name!r} holds {what}, which is neither a number nor text",
+                             hint="give a rectangular list of numbers, or of strings")
     return arr
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def _kind_name(arr: np.ndarray) -> str:
@@ -198,19 +232,81 @@ def _kind_name(arr: np.ndarray) -> str:
             "U": "strings", "S": "bytes", "O": "strings"}.get(arr.dtype.kind, str(arr.dtype))
 
 
+def _first(arr: np.ndarray, bad: np.ndarray) -> Any:
+    """The first offending value (as a Python number) where ``bad`` is True."""
+    return arr[bad].flat[0].item()
+
+
+_NOT_FINITE_HINT = "numbers must be finite: NaN and ±Infinity are refused, JSON has no such numbers"
+
+
+_NUMBER = object()  # sentinel: "every item was a number"
+
+
+def _wide_ints(spec: TensorSpec, target: np.dtype[Any], arr: np.ndarray) -> np.ndarray:
+    """An object array of Python numbers (some too wide for 64 bits), judged exactly against ``target``."""
+    want = f"input {spec.name!r} expects {spec.dtype}"
+    items = [v.item() if isinstance(v, np.generic) else v for v in arr.ravel().tolist()]
+    odd = next((v for v in items if not _is_number(v)), _NUMBER)
+    if odd is not _NUMBER:  # a caller's own object array: strings among numbers, None, ...
+        raise InputTypeError(f"{want}; got an object array holding {type(odd).__name__} {odd!r}",
+                             hint="pass an array of numbers")
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        for v in items:
+            if isinstance(v, float) and not np.isfinite(v):
+                raise InputTypeError(f"{want}; got a non-finite value {v!r}", hint=_NOT_FINITE_HINT)
+            if isinstance(v, float) and not v.is_integer():
+                raise InputTypeError(f"{want}; got a non-integer value {v!r}", hint="pass whole numbers")
+            if not info.min <= v <= info.max:
+                raise InputTypeError(f"{want}; value {_show(int(v))} is out of {spec.dtype}'s range "
+                                     f"[{info.min}, {info.max}]", hint="pass values the dtype can hold")
+        return np.array(items, dtype=target).reshape(arr.shape)
+    floats = []
+    for v in items:
+        try:
+            floats.append(float(v))
+        except OverflowError as exc:
+            raise InputTypeError(f"{want}; value {_show(v)} is out of {spec.dtype}'s range "
+                                 f"(max ±{np.finfo(target).max})", hint="scale the input") from exc
+    return np.array(floats, dtype=np.float64).reshape(arr.shape)
+
+
+def _show(v: int) -> str:
+    """A huge Python int in a message without its hundreds of digits: ``1.000e+400``."""
+    digits = str(abs(v))
+    if len(digits) <= 24:
+        return str(v)
+    return f"{'-' if v < 0 else ''}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
+
+
 def _cast(spec: TensorSpec, np_dtype: Any, arr: np.ndarray) -> np.ndarray:
-    """Cast ``arr`` to ``np_dtype`` or raise :class:`InputTypeError` if it would lose values."""
+    """Cast ``arr`` to ``np_dtype`` under the numeric policy (module docstring), or raise
+    :class:`InputTypeError` naming the first value that breaks it."""
     kind = arr.dtype.kind
     want = f"input {spec.name!r} expects {spec.dtype}"
     if spec.dtype == "string":
-        if kind in "USO":
+        if kind in "USO" and (kind != "O" or all(isinstance(v, str) for v in arr.flat)):
             return arr.astype(object, copy=False) if kind != "O" else arr
-        raise InputTypeError(f"{want} (text); got {_kind_name(arr)}", hint="pass strings")
+        raise InputTypeError(f"{want} (text); got {_kind_name(arr) if kind != 'O' else 'numbers'}",
+                             hint="pass strings")
+    target = np.dtype(np_dtype)
+    if kind == "O" and arr.size and not isinstance(arr.flat[0], str):
+        arr = _wide_ints(spec, target, arr)  # Python ints wider than 64 bits, or a caller's object array
+        kind = arr.dtype.kind
+        if target.kind in "iu":
+            return arr
     if kind in "USO":
         raise InputTypeError(f"{want}; got {_kind_name(arr)}", hint="pass numbers, not text")
+    if kind == "c":
+        raise InputTypeError(f"{want}; got complex numbers", hint="pass real numbers")
     if arr.size == 0:
         return arr.astype(np_dtype)
-    target = np.dtype(np_dtype)
+    if kind == "f":
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise InputTypeError(f"{want}; got a non-finite value {_first(arr, ~finite)!r}",
+                                 hint=_NOT_FINITE_HINT)
     if target.kind == "b":
         if kind == "b":
             return arr
@@ -218,21 +314,28 @@ def _cast(spec: TensorSpec, np_dtype: Any, arr: np.ndarray) -> np.ndarray:
             return arr.astype(bool)
         raise InputTypeError(f"{want}; got {_kind_name(arr)}", hint="pass true/false or 0/1")
     if target.kind in "iu":
-        if kind == "f":
-            if not np.isfinite(arr).all() or not (arr == np.floor(arr)).all():
-                bad = arr[~(np.isfinite(arr) & (arr == np.floor(arr)))].flat[0].item()
-                raise InputTypeError(f"{want}; got a non-integer value {bad!r}",
-                                     hint="pass whole numbers")
         info = np.iinfo(target)
         lo, hi = arr.min(), arr.max()
-        if lo < info.min or hi > info.max:
-            raise InputTypeError(f"{want}; value {(lo if lo < info.min else hi).item()} is out of its range "
+        if kind == "f":
+            whole = arr == np.floor(arr)
+            if not whole.all():
+                raise InputTypeError(f"{want}; got a non-integer value {_first(arr, ~whole)!r}",
+                                     hint="pass whole numbers")
+            # 2**bits is exact in float64, info.max may not be: compare against the exclusive bound.
+            out_of_range = lo < float(info.min) or hi >= float(info.max + 1)
+        else:
+            out_of_range = lo < info.min or hi > info.max
+        if out_of_range:
+            bad = lo if lo < info.min else hi
+            shown = int(bad) if kind == "f" else bad.item()
+            raise InputTypeError(f"{want}; value {shown} is out of {spec.dtype}'s range "
                                  f"[{info.min}, {info.max}]", hint="pass values the dtype can hold")
         return arr.astype(target, copy=False)
-    # float targets: any number fits, but a finite value must not overflow to inf.
+    # float targets: every value is finite here; it must stay finite in the target dtype.
     with np.errstate(over="ignore"):
         out = arr.astype(target, copy=False)
-    if target.itemsize < arr.dtype.itemsize and not np.isfinite(out).all() and np.isfinite(arr).all():
-        raise InputTypeError(f"{want}; a value is out of its range (max {np.finfo(target).max})",
-                             hint="scale the input or use a float32 model")
+    if kind != "b" and not np.isfinite(out).all():
+        bad = _first(arr, ~np.isfinite(out))
+        raise InputTypeError(f"{want}; value {bad!r} is out of {spec.dtype}'s range "
+                             f"(max ±{np.finfo(target).max})", hint="scale the input or use a float32 model")
     return out

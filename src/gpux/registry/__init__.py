@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpux.errors import ModelNotFoundError
+from gpux.errors import ModelNotFoundError, UsageError
 from gpux.registry import packages
 
 
@@ -33,6 +33,9 @@ def split_revision(ref: str) -> tuple[str, str | None]:
 def locate(ref: str, revision: str | None = None, allow_pickle: bool = False,
            tqdm_class: type | None = None) -> Located:
     """Find the files of ``ref``; raises :class:`ModelNotFoundError` naming what was tried."""
+    from gpux.registry import local
+    from gpux.store.local import valid_name
+
     repo, rev = split_revision(ref)
     revision = revision or rev
     path = Path(repo).expanduser()
@@ -40,7 +43,13 @@ def locate(ref: str, revision: str | None = None, allow_pickle: bool = False,
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)",
                                      hint="point at a folder with config.json, tokenizer.json and weights")
-        return Located(path.resolve().name.lower(), path.resolve(), {"kind": "local", "path": str(path.resolve())})
+        folder = path.resolve()
+        # The name is provisional: the caller picks the final one against the store (local.store_name).
+        return Located(local.sanitize(folder.name), folder, local.source(folder))
+    local.not_a_model(ref)
+    if not valid_name(repo):
+        raise UsageError(f"{repo!r} is neither a folder nor a Hugging Face id",
+                         hint="a Hub id looks like org/name (letters, digits, '.', '_', '-')")
     found = packages.find(repo)
     if found is not None and revision is None:
         folder, dist = found
@@ -57,7 +66,7 @@ def source_folder(source: dict[str, Any]) -> Path | None:
     an installed model package, or the Hub cache snapshot at the recorded commit).
     """
     kind = source.get("kind")
-    if kind == "local":
+    if kind == "local":  # the folder as it is now (its content may have moved on since the conversion)
         path = Path(str(source.get("path", "")))
         return path if (path / "config.json").is_file() else None
     if kind == "package":

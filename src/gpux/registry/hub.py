@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpux.errors import GpuxError, ModelNotFoundError, RegistryError
+from gpux.errors import GpuxError, ModelNotFoundError, RegistryError, UsageError
+from gpux.store.blobs import no_space
 
 if TYPE_CHECKING:
     from gpux.registry import Located
@@ -26,6 +28,10 @@ ALLOW = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_toke
          "model.safetensors.index.json"]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 PICKLE = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
+#: Bytes the client buffers before writing to its partial file: what a cut connection or a kill can lose.
+CHUNK = 1 << 20
+#: Transport errors (httpx's, by name) that mean the download was cut off: retry-able, not a bug.
+_CUT = ("RemoteProtocolError", "ConnectError", "TimeoutException", "ReadError", "NetworkError")
 
 
 #: huggingface_hub error (by name, most specific first) -> gpux error, message, what to do next.
@@ -37,7 +43,9 @@ _HUB_ERRORS: tuple[tuple[str, type[GpuxError], str, str], ...] = (
     ("RepositoryNotFoundError", ModelNotFoundError, "no model {repo!r} on the Hub (or it is private)",
      "check the id; for a private model set HF_TOKEN"),
     ("LocalEntryNotFoundError", RegistryError, "cannot reach the Hub for {where} and it is not in the local cache",
-     "check the network (or HF_ENDPOINT); unset HF_HUB_OFFLINE to download"),
+     "{offline_hint}"),
+    ("HFValidationError", UsageError, "{repo!r} is not a valid Hugging Face id",
+     "a Hub id looks like org/name; a local folder must exist and hold config.json"),
     ("HfHubHTTPError", RegistryError, "the Hub refused {where}: {detail}",
      "try again later, or check HF_ENDPOINT and HF_TOKEN"),
 )
@@ -51,12 +59,21 @@ def map_hub_errors(repo: str, revision: str | None) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
         fields = {"repo": repo, "revision": revision, "where": f"{repo}@{revision}" if revision else repo,
-                  "detail": (str(exc).splitlines() or [type(exc).__name__])[0]}
+                  "detail": (str(exc).splitlines() or [type(exc).__name__])[0],
+                  "offline_hint": "HF_HUB_OFFLINE is set: unset it to download" if offline else
+                  "check the network and HF_ENDPOINT, and the id's spelling"}
         for name, gpux_error, message, hint in _HUB_ERRORS:
             foreign = getattr(errors, name, None)
             if isinstance(foreign, type) and isinstance(exc, foreign):
-                raise gpux_error(message.format(**fields), hint=hint) from exc
+                raise gpux_error(message.format(**fields), hint=hint.format(**fields)) from exc
+        if any(t.__name__ in _CUT for t in type(exc).__mro__):
+            raise RegistryError(f"the download of {fields['where']} was cut off: {fields['detail']}",
+                                hint="run the same command again: it resumes where it stopped") from exc
+        if no_space(exc) is not None:
+            raise RegistryError(f"no space to download {fields['where']} into the Hugging Face cache: {exc}",
+                                hint="free disk space, or point HF_HOME at a disk with room") from exc
         if isinstance(exc, OSError):
             raise RegistryError(f"could not download {fields['where']}: {exc}",
                                 hint="check the network, free disk space and HF_HOME") from exc
@@ -94,11 +111,20 @@ def fetch(repo: str, revision: str | None = None, allow_pickle: bool = False,
 
     from gpux.registry import Located
 
+    from gpux.registry.resume import partials, resume_partials
+
+    from huggingface_hub import constants
+
+    # The client writes a download in DOWNLOAD_CHUNK_SIZE pieces (10 MiB by default): a connection cut or a kill
+    # before the first piece leaves nothing on disk, so its retry (and any resume) starts from byte 0 again.
+    constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, CHUNK)
     patterns = ALLOW + (PICKLE if allow_pickle else [])
+    resume_partials(repo, revision)  # a killed pull's half-downloaded files continue where they stopped
     for attempt in (1, 2):
         with map_hub_errors(repo, revision):
             folder = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns,
                                             tqdm_class=tqdm_class))
+        partials(repo)  # drops what a killed pull left of files that are complete now
         bad = corrupt_files(folder)
         if not bad:
             break

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -18,8 +19,10 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gpux.errors import InputTypeError, UsageError
-from gpux.serve.app import FastJSON, providers, read_json, run_items, timings
+from gpux.errors import InferenceError, InputError, InputNameError, InputShapeError, InputTypeError, UsageError
+from gpux.serve import schemas
+from gpux.serve.app import (FastJSON, keep_alive_seconds, providers, read_json, refused_by_model, run_items, status_of,
+                            timings)
 from gpux.serve.manager import Loaded, ModelManager
 
 #: KServe v2 datatypes <-> gpux dtypes.
@@ -30,7 +33,13 @@ DTYPE_V2 = {v: k for k, v in V2_TYPES.items()}
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    """ISO time, or None for one no calendar holds (a listing must never fail on one model's expiry)."""
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _texts(value: Any, field: str) -> list[str]:
@@ -67,7 +76,7 @@ def register(app: FastAPI) -> None:
              "created": int(datetime.fromisoformat(m["created"]).timestamp()) if m["created"] else 0,
              "owned_by": "gpux"} for m in manager.available()]}
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", openapi_extra=schemas.body(schemas.OPENAI_EMBEDDINGS))
     async def openai_embeddings(request: Request) -> FastJSON:
         body = await read_json(request)
         fmt = body.get("encoding_format", "float")
@@ -77,7 +86,7 @@ def register(app: FastAPI) -> None:
         if not isinstance(model, str):
             raise UsageError('"model" is required', hint="GET /v1/models lists them")
         loaded, results, t = await run_items(app, "openai.embeddings", model, [body.get("input")], None,
-                                             _embedding_check("input"))
+                                             _embedding_check("input"), request=request)
         vecs = [r[0] for r in results]
         dims = body.get("dimensions")
         if dims is not None and dims != len(vecs[0]):
@@ -93,24 +102,19 @@ def register(app: FastAPI) -> None:
 
     # -- Ollama -------------------------------------------------------------------------
 
-    @app.post("/api/embed")
+    @app.post("/api/embed", openapi_extra=schemas.body(schemas.OLLAMA_EMBED))
     async def ollama_embed(request: Request) -> FastJSON:
         body = await read_json(request)
         model = body.get("model")
         if not isinstance(model, str):
             raise UsageError('"model" is required', hint="GET /api/tags lists them")
-
-        def check(loaded: Loaded, items: list[Any]) -> list[Any]:
-            texts: list[Any] = _embedding_check("input")(loaded, items)
-            if body.get("truncate", True) is False:  # only then is a second tokenization worth it
-                longest = max(loaded.task.encode.lengths(texts))
-                if longest > loaded.task.encode.max_length:
-                    raise UsageError(f"an input has {longest} tokens, over the model's "
-                                     f"{loaded.task.encode.max_length}", hint="shorten it or set truncate: true")
-            return texts
+        check = _embedding_check("input")
+        if body.get("truncate", True) is False:  # only then is a second tokenization worth it
+            keep_alive_seconds(body.get("keep_alive"))  # a bad duration fails before the tokenizer runs
+            await _refuse_long(manager, model, body.get("input"))
 
         loaded, results, t = await run_items(app, "ollama.embed", model, [body.get("input")],
-                                             body.get("keep_alive"), check)
+                                             body.get("keep_alive"), check, request=request)
         return FastJSON({"model": model, "embeddings": [r[0] for r in results], **t,
                          "prompt_eval_count": sum(r[1] for r in results), "providers": providers(loaded)})
 
@@ -145,24 +149,27 @@ def register(app: FastAPI) -> None:
     async def v2_model_ready(name: str) -> dict[str, Any]:
         return {"name": manager.require(name), "ready": True}
 
-    @app.post("/v2/models/{name:path}/infer")
+    @app.post("/v2/models/{name:path}/infer", openapi_extra=schemas.body(schemas.V2_INFER))
     async def v2_infer(name: str, request: Request) -> dict[str, Any]:
         body = await read_json(request)
         start = time.perf_counter()
         canonical = manager.require(name)
+        rid = body.get("id", "")
+        if not isinstance(rid, str):
+            raise UsageError('"id" must be a string', hint="any text; it is echoed in the answer")
         status = 500
         try:
             async with manager.use(canonical) as (loaded, load_s):
-                feed = _v2_feed(loaded, body)
-                wanted = [o.get("name") for o in body.get("outputs") or []]
-                out = await asyncio.get_running_loop().run_in_executor(None, loaded.model.run, feed)
+                # Parsing, checking, running and listing the outputs are all CPU work: off the event loop.
+                outputs = await asyncio.get_running_loop().run_in_executor(None, _v2_infer, loaded, body)
                 status = 200
+        except Exception as exc:
+            status = status_of(exc) if isinstance(exc, (InputError, UsageError)) else 500
+            raise
         finally:
             manager.metrics.request(canonical, "v2.infer", status, time.perf_counter() - start, None)
-        outputs = [{"name": k, "datatype": DTYPE_V2.get(_dtype(v), "BYTES"), "shape": list(v.shape),
-                    "data": v.reshape(-1).tolist()} for k, v in out.items() if not wanted or k in wanted]
         return {"model_name": canonical, "model_version": canonical.partition(":")[2],
-                "id": body.get("id", ""), "outputs": outputs,
+                "id": rid, "outputs": outputs,
                 "parameters": {**timings(start, load_s, None), "providers": ",".join(providers(loaded))}}
 
     @app.get("/v2/models/{name:path}")
@@ -182,25 +189,82 @@ def _dtype(arr: np.ndarray) -> str:
     return "string" if arr.dtype.kind in "OUS" else str(arr.dtype)
 
 
+async def _refuse_long(manager: ModelManager, model: str, value: Any) -> None:
+    """``truncate: false``: refuse a text longer than the model takes. The tokenizer runs in a worker
+    thread (it releases the GIL): one 9.5 MB text tokenized on the event loop froze every route for 7 s."""
+    async with manager.use(manager.require(model)) as (loaded, _):
+        texts = _embedding_check("input")(loaded, [value])
+        encode = loaded.task.encode
+        longest = max(await asyncio.get_running_loop().run_in_executor(None, encode.lengths, texts))
+    if longest > encode.max_length:
+        raise UsageError(f"an input has {longest} tokens, over the model's {encode.max_length}",
+                         hint="shorten it or set truncate: true")
+
+
+def _v2_infer(loaded: Loaded, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """One KServe v2 call in a worker thread: the feed, the run, the outputs asked for."""
+    wanted = _v2_outputs(loaded, body)
+    feed = _v2_feed(loaded, body)
+    try:
+        out = loaded.model.run(feed)
+    except InferenceError as exc:
+        raise refused_by_model(exc) from exc
+    return [{"name": k, "datatype": DTYPE_V2.get(_dtype(v), "BYTES"), "shape": list(v.shape),
+             "data": v.reshape(-1).tolist()} for k, v in out.items() if wanted is None or k in wanted]
+
+
+def _v2_outputs(loaded: Loaded, body: dict[str, Any]) -> set[str] | None:
+    """The output names the request asks for (None: all), each one the model has."""
+    asked = body.get("outputs")
+    if asked is None:
+        return None
+    if not isinstance(asked, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in asked):
+        raise UsageError('"outputs" must be a list of {"name": ...} objects', hint="or leave it out for every output")
+    names = {o.name for o in loaded.model.outputs}
+    unknown = [o["name"] for o in asked if o["name"] not in names]
+    if unknown:
+        raise UsageError(f"unknown output {unknown[0]!r}", hint=f"the model gives: {', '.join(sorted(names))}")
+    return {o["name"] for o in asked} or None
+
+
 def _v2_feed(loaded: Loaded, body: dict[str, Any]) -> dict[str, Any]:
-    """KServe v2 typed tensors -> a checked feed; the declared datatype must be the model's."""
+    """KServe v2 typed tensors -> a checked feed; the declared datatype must be the model's.
+
+    The values are read as JSON gave them (ints, floats, text) and cast by :meth:`Model.check`, the
+    one rule the CLI uses too (zero-size dimensions included): forcing the dtype here first turned FP32 1e39 into inf silently and
+    made INT64 1e300 an OverflowError (a 500).
+    """
     tensors = body.get("inputs")
-    if not isinstance(tensors, list) or not tensors:
-        raise UsageError('"inputs" must be a list of {name, shape, datatype, data}', hint="see the KServe v2 spec")
+    if not isinstance(tensors, list) or not tensors or not all(isinstance(t, dict) for t in tensors):
+        raise UsageError('"inputs" must be a non-empty list of {name, shape, datatype, data} objects',
+                         hint="see the KServe v2 spec")
     specs = {s.name: s for s in loaded.model.inputs}
     feed: dict[str, Any] = {}
     for t in tensors:
-        name, dtype, shape = t.get("name"), t.get("datatype"), t.get("shape")
-        if name not in specs:
-            raise UsageError(f"unknown input {name!r}", hint=f"the model takes: {', '.join(specs)}")
-        if V2_TYPES.get(str(dtype)) != specs[name].dtype:
-            raise InputTypeError(f"input {name!r} is {DTYPE_V2.get(specs[name].dtype)}, the request says {dtype!r}",
-                                 hint=f"send datatype {DTYPE_V2.get(specs[name].dtype)}")
-        np_dtype = object if dtype == "BYTES" else V2_TYPES[dtype]
+        name, dtype, shape, data = t.get("name"), t.get("datatype"), t.get("shape"), t.get("data")
+        if not isinstance(name, str) or name not in specs or name in feed:
+            what = "repeated" if isinstance(name, str) and name in feed else "unknown"
+            raise InputNameError(f"{what} input {name!r}", hint=f"the model takes: {', '.join(specs)}")
+        want = DTYPE_V2.get(specs[name].dtype, specs[name].dtype)
+        if not isinstance(dtype, str) or V2_TYPES.get(dtype) != specs[name].dtype:
+            raise InputTypeError(f"input {name!r} is {want}, the request says {dtype!r}", hint=f"send datatype {want}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise InputShapeError(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}",
+                                  hint="e.g. [2, 512]")
+        if not isinstance(data, list):
+            raise UsageError(f"input {name!r}: data must be a list", hint="the tensor's values, row-major")
         try:
-            arr = np.asarray(t.get("data"), dtype=np_dtype).reshape(shape)
+            arr = np.asarray(data)  # no dtype: Model.check casts with the common policy
         except (ValueError, TypeError) as exc:
-            raise UsageError(f"input {name!r}: data does not fit shape {shape}: {exc}",
-                             hint="data is the tensor's values flattened in row-major order") from exc
-        feed[name] = arr
+            raise InputShapeError(f"input {name!r}: data is a ragged list", hint="flatten it, row-major") from exc
+        if arr.size != math.prod(shape):
+            raise InputShapeError(f"input {name!r}: data does not fit shape {shape}: {arr.size} values for "
+                                  f"{math.prod(shape)}", hint="data is the tensor's values flattened in row-major order")
+        try:
+            feed[name] = arr.reshape(shape)
+            if arr.dtype == object:  # nulls, mixed kinds, ints past 64 bits: Model.check judges the plain values
+                feed[name] = feed[name].tolist()
+        except ValueError as exc:  # e.g. more dimensions than numpy allows
+            raise InputShapeError(f"input {name!r}: shape {shape} is not usable: {exc}", hint="see the model's "
+                                  "inputs: GET /v2/models/{name}") from exc
     return dict(loaded.model.check(feed))

@@ -3,9 +3,18 @@
 - Loading is single-flight: concurrent requests for an unloaded model wait on
   one load. Loads run in a thread, off the event loop.
 - Memory: a model's cost is the larger of its files' size (known before
-  loading) and the process RSS growth its load caused. Loading past the budget
-  evicts idle models, least recently used first; a model that cannot fit even in
-  an empty server is refused with :class:`ModelTooLargeError`.
+  loading) and the process RSS growth its load caused, plus its activation
+  memory: the most RSS one of its batches grew the process by (measured in the
+  worker thread around each batch, remembered across unloads). Loading past the
+  budget evicts idle models, least recently used first; a model that cannot fit
+  even in an empty server is refused with :class:`ModelTooLargeError`. When a
+  batch grows a model past the budget, idle models are evicted to make up for it.
+- Unloading is atomic and drains: the model leaves ``models`` at once (a new
+  request waits for the unload to end, then loads it again), queued requests
+  fail at once with 503, running batches get the request timeout to finish.
+- Leases: whenever the set of loaded models changes it is written to
+  ``$GPUX_HOME/serving/<pid>.json`` (:mod:`gpux.store.leases`) so ``gpux rm``
+  can warn; :meth:`ModelManager.close` removes it.
 - keep_alive: a model idle for its keep-alive (per model, set by the last
   request that named one) is unloaded by :meth:`ModelManager.reap`; a negative
   keep-alive keeps it forever, zero unloads it after the request.
@@ -24,12 +33,17 @@ from typing import Any
 from gpux.errors import GpuxError, ModelNotFoundError
 from gpux.serve.batcher import Batcher, BatchConfig
 from gpux.serve.metrics import Metrics
+from gpux.store import leases
 
 
 class ModelTooLargeError(GpuxError):
     """The model needs more memory than the server's whole budget."""
 
     exit_code = 7
+
+
+#: Batch RSS growth below this is noise (the HTTP thread's own allocations, page rounding), not activations.
+ACTIVATION_FLOOR = 1 << 20
 
 
 def _rss_bytes() -> int:
@@ -50,11 +64,19 @@ class Loaded:
     model: Any
     task: Any
     batcher: Batcher
-    memory_bytes: int
+    #: What loading cost: max(files, RSS growth of the load).
+    load_bytes: int
     load_s: float
     keep_alive_s: float
     last_used: float = field(default_factory=time.time)
     active: int = 0
+    #: The most RSS one batch grew the process by (activations, arena growth).
+    activation_bytes: int = 0
+
+    @property
+    def memory_bytes(self) -> int:
+        """What the model counts against --memory-budget: its load plus its largest batch's growth."""
+        return self.load_bytes + self.activation_bytes
 
     @property
     def expires_at(self) -> float | None:
@@ -87,6 +109,11 @@ class ModelManager:
         self._loading: dict[str, asyncio.Task[Loaded]] = {}
         self._lock = asyncio.Lock()
         self._aliases: dict[str, tuple[str, float]] = {}
+        #: Models being unloaded (out of ``models``, still holding memory) and the drain each waits on.
+        self._draining: dict[str, tuple[Loaded, asyncio.Task[None]]] = {}
+        #: The largest batch growth seen per model, kept across unloads: its next load is charged for it.
+        self._activation: dict[str, int] = {}
+        self._rebalance: asyncio.Task[None] | None = None
 
     # -- names -----------------------------------------------------------------------
 
@@ -125,6 +152,9 @@ class ModelManager:
         name = self.canonical(ref)
         start = time.perf_counter()
         loaded = self.models.get(name)
+        while loaded is None and name in self._draining:  # unloading: wait for it to end, then load afresh
+            await asyncio.shield(self._draining[name][1])
+            loaded = self.models.get(name)
         if loaded is None:
             task = self._loading.get(name)
             if task is None:
@@ -147,8 +177,8 @@ class ModelManager:
         finally:
             loaded.active -= 1
             loaded.last_used = time.time()
-            if loaded.keep_alive_s == 0 and loaded.active == 0:
-                await self.unload(loaded.name, reason="expired")
+            if loaded.keep_alive_s == 0 and loaded.active == 0 and self.models.get(loaded.name) is loaded:
+                await self.unload(loaded.name, reason="expired")  # this copy, not one loaded after an unload
 
     def _loaded_or_failed(self, name: str, _task: object) -> None:
         self._loading.pop(name, None)
@@ -165,11 +195,15 @@ class ModelManager:
             start = time.perf_counter()
             model, task = await asyncio.get_running_loop().run_in_executor(None, self._load_sync, name)
             took = time.perf_counter() - start
-            memory = max(estimate, _rss_bytes() - before)
-            loaded = Loaded(name, model, task, None, memory, took, self.default_keep_alive)  # type: ignore[arg-type]
-            loaded.batcher = Batcher(loaded.run_items, self.batch, on_batch=functools.partial(self.metrics.batch, name))
+            memory = max(estimate - self._activation.get(name, 0), _rss_bytes() - before)
+            loaded = Loaded(name, model, task, None, memory, took, self.default_keep_alive,  # type: ignore[arg-type]
+                            activation_bytes=self._activation.get(name, 0))
+            loaded.batcher = Batcher(loaded.run_items, self.batch, on_batch=functools.partial(self._on_batch, loaded),
+                                     cost=_tokens if task is not None else None,
+                                     on_drop=functools.partial(self.metrics.dropped, name))
             self.models[name] = loaded
-            self.metrics.loaded(name, memory)
+            self.metrics.loaded(name, loaded.memory_bytes)
+            self._record_leases()
             return loaded
 
     def _load_sync(self, name: str) -> tuple[Any, Any]:
@@ -182,15 +216,39 @@ class ModelManager:
         # With several instances the cores are split between them (each batch runs on its share).
         instances = max(1, self.batch.instances)
         threads = self.threads or (max(1, cpu_count() // instances) if instances > 1 else None)
-        model = self._loader(name) if self._loader is not None else load(name, store=self.store, spinning=False,
+        from gpux.store.repair import get_or_repair  # a corrupt or missing blob: pulled again in a child process
+
+        model = self._loader(name) if self._loader is not None else load(get_or_repair(name, self.store),
+                                                                           store=self.store, spinning=False,
                                                                            intra_op_threads=threads)
         return model, for_model(model)
 
     def _estimate(self, name: str) -> int:
-        return int(self.store.size(self.store.manifest(name)))
+        """Files plus the activation memory its batches needed the last time it was loaded."""
+        return int(self.store.size(self.store.manifest(name))) + self._activation.get(name, 0)
 
     def _used(self) -> int:
-        return sum(m.memory_bytes for m in self.models.values())
+        return sum(m.memory_bytes for m in self.models.values()) + \
+            sum(m.memory_bytes for m, _ in self._draining.values())
+
+    def _on_batch(self, loaded: Loaded, items: int, seconds: float, grew: int) -> None:
+        """A batch of ``loaded`` finished (on the event loop): stats, and its memory if the batch grew it."""
+        self.metrics.batch(loaded.name, items, seconds)
+        if grew < ACTIVATION_FLOOR or grew <= loaded.activation_bytes:
+            return
+        loaded.activation_bytes = self._activation[loaded.name] = grew
+        self.metrics.memory(loaded.name, loaded.memory_bytes)
+        if self.budget is not None and self._used() > self.budget and \
+                (self._rebalance is None or self._rebalance.done()):
+            self._rebalance = asyncio.get_running_loop().create_task(self._evict_idle(keep=loaded.name))
+
+    async def _evict_idle(self, keep: str) -> None:
+        """Batches grew the loaded models past the budget: unload idle ones, least recently used first."""
+        async with self._lock:
+            idle = sorted((m for m in self.models.values() if m.active == 0 and m.name != keep),
+                          key=lambda m: m.last_used)
+            while self.budget is not None and self._used() > self.budget and idle:
+                await self.unload(idle.pop(0).name, reason="evicted")
 
     async def _make_room(self, need: int, keep: str) -> None:
         if self.budget is None:
@@ -206,13 +264,39 @@ class ModelManager:
                 f"{self.budget / 1e6:.0f} MB", hint="retry when they are idle, or raise --memory-budget")
 
     async def unload(self, ref: str, reason: str = "unloaded") -> bool:
-        name = ref if ref in self.models else self.canonical(ref)
+        """Unload ``ref``; False if it was not loaded (or another call is already unloading it).
+
+        Atomic: the model leaves ``models`` before the first await, so no request reaches its batcher
+        afterwards; queued requests fail at once with 503, running batches get the request timeout to
+        finish (their requests are answered), then the model is gone.
+        """
+        name = ref if ref in self.models or ref in self._draining else self.canonical(ref)
         loaded = self.models.pop(name, None)
         if loaded is None:
+            if name in self._draining:
+                await asyncio.shield(self._draining[name][1])
             return False
-        await loaded.batcher.close()
-        self.metrics.unloaded(name, reason)
+        drain = asyncio.get_running_loop().create_task(loaded.batcher.close(wait_s=self.batch.timeout_s))
+        self._draining[name] = (loaded, drain)
+        try:
+            await asyncio.shield(drain)
+        finally:
+            if drain.done():
+                self._draining.pop(name, None)
+                self.metrics.unloaded(name, reason)
+                self._record_leases()
+            else:  # our caller was cancelled; the drain goes on and cleans up after itself
+                drain.add_done_callback(functools.partial(self._drained, name, reason))
         return True
+
+    def _drained(self, name: str, reason: str, _task: object) -> None:
+        self._draining.pop(name, None)
+        self.metrics.unloaded(name, reason)
+        self._record_leases()
+
+    def _record_leases(self) -> None:
+        """Tell ``gpux rm`` which stored models this server holds (best effort, never raises)."""
+        leases.record(self.store.root, sorted(set(self.models) | set(self._draining)))
 
     async def reap(self) -> list[str]:
         """Unload every idle model whose keep-alive has passed; returns their names."""
@@ -226,6 +310,10 @@ class ModelManager:
     async def close(self) -> None:
         for name in list(self.models):
             await self.unload(name)
+        for _, drain in list(self._draining.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.shield(drain)
+        leases.release(self.store.root)
 
     def require(self, ref: str) -> str:
         """``canonical(ref)``, with the error every route gives for an unknown model."""
@@ -234,6 +322,11 @@ class ModelManager:
         except ModelNotFoundError as exc:
             raise ModelNotFoundError(f"model {ref!r} is not in the store",
                                      hint=f"pull it first: gpux pull {ref}") from exc
+
+
+def _tokens(result: Any) -> int:
+    """Tokens one task result used: :meth:`Loaded.run_items` gives (answer, tokens) pairs."""
+    return int(result[1])
 
 
 def _digest(manifest: Any) -> str:

@@ -1,7 +1,11 @@
 """Per-model serving statistics: /stats (JSON) and /metrics (Prometheus text format).
 
 Latencies are kept in a bounded window (the last 10,000 requests per model) so
-percentiles reflect recent traffic and memory stays flat under load.
+percentiles reflect recent traffic and memory stays flat under load. Items run
+and items dropped unrun (timed out, client gone, unloaded, over a cap) are
+counted per model, so "work nobody waits for never runs" can be checked from
+outside. Also here: the process's own memory, read from /proc, which the model
+manager charges to models (load growth, batch growth).
 """
 
 from __future__ import annotations
@@ -14,6 +18,21 @@ from typing import Any
 WINDOW = 10_000
 
 
+def process_memory() -> tuple[int, int]:
+    """This process's (RSS, peak RSS) in bytes, from /proc/self/status; (0, 0) where there is no /proc."""
+    rss = peak = 0
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return rss, peak
+
+
 @dataclass
 class _ModelStats:
     requests: int = 0
@@ -23,6 +42,8 @@ class _ModelStats:
     batch_sizes: Counter[int] = field(default_factory=Counter)
     loads: int = 0
     unloads: Counter[str] = field(default_factory=Counter)
+    items_run: int = 0
+    items_dropped: Counter[str] = field(default_factory=Counter)
 
 
 def _pcts(xs: deque[float]) -> dict[str, float | None]:
@@ -50,6 +71,8 @@ class Metrics:
                                   registry=self.registry, buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .5, 1))
         self._p_batch = Histogram("gpux_batch_size", "Items per inference call", ["model"], registry=self.registry,
                                   buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self._p_dropped = PCounter("gpux_dropped_items", "Items dropped before they ran, by model and reason",
+                                   ["model", "reason"], registry=self.registry)
         self._p_memory = Gauge("gpux_model_memory_bytes", "Memory attributed to a loaded model", ["model"],
                                registry=self.registry)
 
@@ -74,12 +97,24 @@ class Metrics:
 
     def batch(self, model: str, size: int, seconds: float) -> None:
         with self._lock:
-            self._m(model).batch_sizes[size] += 1
+            m = self._m(model)
+            m.batch_sizes[size] += 1
+            m.items_run += size
         self._p_batch.labels(model).observe(size)
+
+    def dropped(self, model: str, reason: str, items: int) -> None:
+        """``items`` of a request were dropped before they ran (``reason``: timeout, cancelled, unloaded, ...)."""
+        with self._lock:
+            self._m(model).items_dropped[reason] += items
+        self._p_dropped.labels(model, reason).inc(items)
 
     def loaded(self, model: str, memory: int) -> None:
         with self._lock:
             self._m(model).loads += 1
+        self._p_memory.labels(model).set(memory)
+
+    def memory(self, model: str, memory: int) -> None:
+        """A loaded model's memory changed (its batches grew it)."""
         self._p_memory.labels(model).set(memory)
 
     def unloaded(self, model: str, reason: str) -> None:
@@ -95,7 +130,8 @@ class Metrics:
             return {name: {"requests": m.requests, "errors": m.errors, "latency": _pcts(m.latency_s),
                            "queue": _pcts(m.queue_s),
                            "batch_size_histogram": {str(k): v for k, v in sorted(m.batch_sizes.items())},
-                           "loads": m.loads, "unloads": dict(m.unloads)}
+                           "loads": m.loads, "unloads": dict(m.unloads),
+                           "items_run": m.items_run, "items_dropped": dict(m.items_dropped)}
                     for name, m in self._models.items()}
 
     def prometheus(self) -> bytes:

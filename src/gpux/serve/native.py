@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from gpux.errors import UsageError
+from gpux.serve import schemas
 from gpux.serve.app import FastJSON, keep_alive_seconds, providers, read_json, run_items, timings
 from gpux.serve.manager import Loaded, ModelManager
 
@@ -48,20 +49,20 @@ def register(app: FastAPI) -> None:
                 "memory_budget_bytes": manager.budget,
                 "memory_used_bytes": sum(m.memory_bytes for m in manager.models.values())}
 
-    @app.post("/models/load")
+    @app.post("/models/load", openapi_extra=schemas.body(schemas.MODEL_LOAD))
     async def load(request: Request) -> dict[str, Any]:
         body = await read_json(request)
         start = time.perf_counter()
         loaded, load_s = await manager.get(manager.require(_model_name(body)), keep_alive_seconds(body.get("keep_alive")))
         return {**_loaded_view(loaded), **timings(start, load_s, None)}
 
-    @app.post("/models/unload")
+    @app.post("/models/unload", openapi_extra=schemas.body(schemas.MODEL_UNLOAD))
     async def unload(request: Request) -> dict[str, Any]:
         body = await read_json(request)
         name = manager.require(_model_name(body))
         return {"name": name, "unloaded": await manager.unload(name)}
 
-    @app.post("/predict/{model:path}")
+    @app.post("/predict/{model:path}", openapi_extra=schemas.body(schemas.PREDICT))
     async def predict(model: str, request: Request) -> FastJSON:
         body = await read_json(request)
         if "inputs" not in body:
@@ -75,9 +76,11 @@ def register(app: FastAPI) -> None:
             if not isinstance(items[0], dict):
                 raise UsageError('"inputs" must map input names to values for this model',
                                  hint=f"its inputs: {', '.join(s.name for s in loaded.model.inputs)}")
+            request.state.client_tensors = True  # onnxruntime refusing them is a 400 (see app.on_error)
             return [dict(loaded.model.check(items[0]))]
 
-        loaded, results, t = await run_items(app, "predict", model, [body["inputs"]], body.get("keep_alive"), check)
+        loaded, results, t = await run_items(app, "predict", model, [body["inputs"]], body.get("keep_alive"), check,
+                                             request=request)
         answer: dict[str, Any]
         if loaded.task is not None:
             answer = {loaded.task.answer_key: [r[0] for r in results]}

@@ -9,7 +9,8 @@ Layout::
                                          the blobs, so ONNX external-data references hold) + manifest.json
       locks/<name>.lock                  serialises pulls and builds of one model across processes
       stats.json                         cache hits and misses per model (gpux.store.stats)
-      tmp/                               blobs and bundles being assembled
+      tmp/                               blobs and bundles being assembled; every entry is named
+                                         <kind>-<pid>-..., so prune can tell a dead writer's leftovers
 
 Contracts: :meth:`Store.publish` makes every blob durable before the manifest
 that names it is renamed into place, so a reader sees the old model or the new
@@ -21,6 +22,7 @@ written outside ``$GPUX_HOME`` (the Hugging Face cache is the client's own).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import os
@@ -33,8 +35,8 @@ from pathlib import Path
 
 from gpux._version import __version__
 from gpux.errors import GpuxError, ModelNotFoundError, StoreError, UsageError
-from gpux.store import stats
-from gpux.store.blobs import Blobs
+from gpux.store import scratch, stats
+from gpux.store.blobs import NO_SPACE, Blobs, CorruptBlobError, disk_full, stamp
 from gpux.store.bundle import MANIFEST, Bundle, Manifest
 from gpux.store.lock import file_lock
 
@@ -62,6 +64,11 @@ def parse_ref(ref: str) -> tuple[str, str]:
     if colon and not _TAG.match(tag):
         raise UsageError(f"invalid tag {tag!r}", hint="use letters, digits, '.', '_' and '-'")
     return name, tag
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` may be stored (see :func:`parse_ref`)."""
+    return bool(_NAME.match(name))
 
 
 def looks_like_hub_id(ref: str) -> bool:
@@ -114,7 +121,10 @@ class Store:
         base = self.root / "manifests"
         if not base.is_dir():
             return []
-        return sorted((str(p.parent.relative_to(base)), p.stem) for p in base.rglob("*.json"))
+        found = ((p.parent.relative_to(base).as_posix(), p.stem) for p in base.rglob("*.json"))
+        # A manifest a bug or an older gpux left under an invalid name is not a model: skipping it keeps
+        # ls, rm and prune working (prune still honours its blobs, see _live).
+        return sorted((n, t) for n, t in found if _NAME.match(n) and _TAG.match(t))
 
     def find_revision(self, name: str, revision: str) -> str:
         """``name:tag`` of the stored conversion of Hub ``revision`` (a branch, tag or sha prefix)."""
@@ -149,42 +159,72 @@ class Store:
     def manifest(self, ref: str) -> Manifest:
         """The stored manifest of ``name[:tag]``, unverified; :class:`ModelNotFoundError` if none."""
         name, tag = parse_ref(ref)
+        if not self.tags(name) and "/" not in name:
+            name = self._short_name(name)
         tag = tag or self._default_tag(name)
         path = self.manifest_path(name, tag)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            close = self.close_names(name)
             raise ModelNotFoundError(
-                f"no model {ref!r}: not a file or folder, and not in the store {self.root}",
-                hint="pull it with gpux pull ORG/NAME, build it with gpux build DIR, or give an .onnx path") from None
+                f"no model {ref!r}: not a file or folder, and not in the store",
+                hint=f"did you mean {' or '.join(close)}?" if close else
+                "pull it with gpux pull ORG/NAME, build it with gpux build DIR, or give an .onnx path") from None
         except (OSError, ValueError) as exc:
             raise StoreError(f"{path} cannot be read: {exc}", hint=f"gpux rm {name}:{tag}, then pull or build it") from exc
         return Manifest.from_dict(data, path)
 
-    def get(self, ref: str) -> Bundle:
-        """The verified bundle of ``name[:tag]``.
+    def _short_name(self, name: str) -> str:
+        """The stored ``org/name`` a bare ``name`` stands for, when exactly one matches (case-insensitive).
+
+        ``all-MiniLM-L6-v2`` finds ``sentence-transformers/all-MiniLM-L6-v2``; two
+        orgs with that name are a :class:`UsageError` listing both. Unmatched
+        names come back unchanged (the caller reports them as not found).
+        """
+        hits = sorted({n for n, _ in self.names() if "/" in n and n.split("/", 1)[1].lower() == name.lower()})
+        if len(hits) > 1:
+            raise UsageError(f"{name!r} is ambiguous: {', '.join(hits)} are stored", hint="give the full org/name")
+        return hits[0] if hits else name
+
+    def close_names(self, name: str) -> list[str]:
+        """Stored names that look like ``name`` (a typo, a missing org): for "did you mean" hints."""
+        names = sorted({n for n, _ in self.names()})
+        lowered = {n.lower(): n for n in names} | {n.split("/", 1)[-1].lower(): n for n in names}
+        close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.75)
+        return list(dict.fromkeys(lowered[c] for c in close))
+
+    def get(self, ref: str, full: bool = False) -> Bundle:
+        """The verified bundle of ``name[:tag]``; ``full`` hashes every blob whatever its stamp says.
 
         Raises :class:`ModelNotFoundError` if nothing is stored under that
         name, and :class:`~gpux.store.blobs.CorruptBlobError` (after deleting
-        the bad blob) if a file does not match its digest.
+        the bad blob) or its subclass ``MissingBlobError`` if a file does not
+        match its digest or is gone.
         """
         manifest = self.manifest(ref)
         changed = False
         for entry in manifest.files.values():
-            now = self.blobs.check(entry["sha256"], entry["size"], entry.get("verified"))
+            now = self.blobs.check(entry["sha256"], entry["size"], entry.get("verified"), full=full)
             if now != entry.get("verified"):
                 entry["verified"], changed = now, True
+        folder, linked = self._materialize(manifest)
+        if linked:  # a new hard link moves the blob's ctime: restamp what was just verified, or it is hashed again
+            for entry in manifest.files.values():
+                with contextlib.suppress(OSError):
+                    entry["verified"] = stamp(self.blobs.path(entry["sha256"]))[:4] + entry["verified"][4:]
+                    changed = True
         if changed:  # remember the verification so the next read costs one stat per file
             _write_atomic(self.manifest_path(manifest.name, manifest.tag), manifest.to_json().encode())
-        return Bundle(self._materialize(manifest), manifest)
+        return Bundle(folder, manifest)
 
-    def _materialize(self, manifest: Manifest) -> Path:
-        """The bundle folder for ``manifest``: hard links to its blobs under their names."""
+    def _materialize(self, manifest: Manifest) -> tuple[Path, bool]:
+        """The bundle folder for ``manifest`` (hard links to its blobs under their names); True if made now."""
         folder = self.root / "bundles" / self._materialize_id(manifest)
         if folder.is_dir() and all(_same_file(folder / n, self.blobs.path(e["sha256"]))
                                    for n, e in manifest.files.items()):
-            return folder
-        staging = Path(tempfile.mkdtemp(prefix="bundle-", dir=self._tmp()))
+            return folder, False
+        staging = self.scratch("bundle")
         try:
             for name, entry in manifest.files.items():
                 dst = staging / name
@@ -204,11 +244,21 @@ class Store:
                 pass
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return folder
+        return folder, True
 
     def scratch(self, prefix: str) -> Path:
-        """A new folder under ``$GPUX_HOME/tmp`` (same filesystem as the blobs, so files can be moved in)."""
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=self._tmp()))
+        """A new folder under ``$GPUX_HOME/tmp`` (same filesystem as the blobs, so files can be moved in).
+
+        Named ``<prefix>-<pid>-<random>``: if this process is killed, :meth:`prune`
+        sees the pid is dead and reclaims the folder.
+        """
+        try:
+            return Path(tempfile.mkdtemp(prefix=f"{prefix.rstrip('-')}-{os.getpid()}-", dir=self._tmp()))
+        except OSError as exc:
+            if exc.errno in NO_SPACE:
+                raise disk_full(self.root, exc, "a scratch folder") from exc
+            raise StoreError(f"cannot write to the model store: {exc.strerror}",
+                             hint=f"check GPUX_HOME ({self.root})") from exc
 
     def _tmp(self) -> Path:
         tmp = self.root / "tmp"
@@ -230,6 +280,7 @@ class Store:
         readable until the new manifest lands. Raises :class:`StoreError` if the
         store cannot be written.
         """
+        parse_ref(f"{manifest.name}:{manifest.tag}")  # never store what ls, rm and prune cannot name
         self._tmp()
         for rel, src in files.items():
             digest, size, verified = self.blobs.put(src, move=rel in move)
@@ -239,6 +290,8 @@ class Store:
         try:
             _write_atomic(self.manifest_path(manifest.name, manifest.tag), manifest.to_json().encode())
         except OSError as exc:
+            if exc.errno in NO_SPACE:
+                raise disk_full(self.root, exc, f"model {manifest.name!r}") from exc
             raise StoreError(f"could not store model {manifest.name!r}: {exc}",
                              hint="check free disk space and permissions of GPUX_HOME") from exc
         return self.get(f"{manifest.name}:{manifest.tag}")
@@ -259,16 +312,44 @@ class Store:
         self.prune()
         return [f"{name}:{t}" for t in tags]
 
-    def prune(self) -> int:
-        """Delete blobs and bundle folders no manifest names, and stale temp files; returns bytes freed."""
+    def verify(self, ref: str) -> list[str]:
+        """Hash every blob of ``name:tag``; returns what was wrong (each bad blob is deleted), [] if all good."""
+        manifest = self.manifest(ref)
+        bad = []
+        for file, entry in manifest.files.items():
+            try:
+                self.blobs.check(entry["sha256"], entry["size"], None, full=True)
+            except CorruptBlobError as exc:
+                bad.append(f"{file}: {exc.message}")
+        if not bad:
+            self.get(ref)  # records the fresh stamps
+        return bad
+
+    def _live(self) -> tuple[set[str], set[str]]:
+        """Digests and bundle ids named by any manifest file, read as raw JSON.
+
+        Raw, so a manifest this gpux cannot load (a newer schema, an invalid
+        name) still protects its blobs from prune.
+        """
         live: set[str] = set()
         live_bundles: set[str] = set()
-        for name, tag in self.names():
-            with contextlib.suppress(ModelNotFoundError, StoreError, OSError):
-                m = self.manifest(f"{name}:{tag}")
-                live.update(e["sha256"] for e in m.files.values())
-                live_bundles.add(self._materialize_id(m))
-        freed = 0
+        base = self.root / "manifests"
+        for path in base.rglob("*.json") if base.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+                files = json.loads(path.read_text(encoding="utf-8")).get("files") or {}
+                live.update(str(e["sha256"]) for e in files.values())
+                live_bundles.add(hashlib.sha256(json.dumps(sorted((k, v["sha256"]) for k, v in files.items()))
+                                                .encode()).hexdigest()[:20])
+        return live, live_bundles
+
+    def prune_scratch(self) -> int:
+        """Delete leftovers under tmp/ of writers that died; returns bytes freed (see gpux.store.scratch)."""
+        return scratch.prune(self.root / "tmp")
+
+    def prune(self) -> int:
+        """Delete blobs and bundle folders no manifest names, and stale scratch; returns bytes freed."""
+        live, live_bundles = self._live()
+        freed = self.prune_scratch()
         for digest, size in self.blobs.all().items():
             if digest not in live:
                 self.blobs.path(digest).unlink(missing_ok=True)

@@ -27,13 +27,16 @@ class Task(Protocol):
     #: What one answer is, for throughput figures ("vectors" -> vectors/s, "items" -> items/s).
     unit: str
 
-    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]: ...
+    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The answer for a ``{"inputs": ..., "truncate": bool}`` payload; texts over the model's
+        limit are cut with a :class:`~gpux.tasks.text.TruncationWarning`, or refused with ``"truncate": false``."""
+        ...
 
-    def run_batch(self, items: list[str]) -> list[Any]:
+    def run_batch(self, items: list[str], truncate: bool | None = None) -> list[Any]:
         """One answer per text; what the server's dynamic batcher merges requests into."""
         ...
 
-    def run_counted(self, items: list[str]) -> tuple[list[Any], list[int]]:
+    def run_counted(self, items: list[str], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
         """``run_batch`` plus the tokens each text used, for usage fields."""
         ...
 
@@ -68,3 +71,12 @@ def texts(payload: dict[str, Any]) -> list[str]:
         raise UsageError('"inputs" must be a string or a non-empty list of strings',
                          hint='give {"inputs": ["first text", "second text"]}')
     return items
+
+
+def truncate_flag(payload: dict[str, Any]) -> bool:
+    """The payload's ``"truncate"`` (default true: cut long texts, with a warning); false refuses them."""
+    value = payload.get("truncate", True)
+    if not isinstance(value, bool):
+        raise UsageError(f'"truncate" must be true or false, not {value!r}',
+                         hint='"truncate": false refuses texts longer than the model takes')
+    return value

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpux.tasks import texts
+from gpux.tasks import texts, truncate_flag
 from gpux.tasks.text import TextEncoder
 
 if TYPE_CHECKING:
@@ -29,16 +29,16 @@ class Classifier:
     unit = "items"
     answer_key = "predictions"
 
-    def run_counted(self, items: list[str]) -> tuple[list[Any], list[int]]:
+    def run_counted(self, items: list[str], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
         """Every label with its score, highest first, per text; and the tokens each text used."""
-        feed = self.encode(items)
+        feed = self.encode(items, truncate)
         probs = softmax(self.model.run(feed)[self.encode.config["output"]].astype(np.float64))
         ranked = [[{"label": self.labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")]
                   for row in probs]
         return ranked, feed["attention_mask"].sum(axis=1).tolist()
 
-    def run_batch(self, items: list[str]) -> list[Any]:
-        return self.run_counted(items)[0]
+    def run_batch(self, items: list[str], truncate: bool | None = None) -> list[Any]:
+        return self.run_counted(items, truncate)[0]
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"predictions": self.run_batch(texts(payload))}
+        return {"predictions": self.run_batch(texts(payload), truncate_flag(payload))}

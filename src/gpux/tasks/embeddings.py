@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpux.tasks import texts
+from gpux.tasks import texts, truncate_flag
 from gpux.tasks.text import TextEncoder
 
 if TYPE_CHECKING:
@@ -41,18 +41,18 @@ class Embeddings:
     def dimensions(self) -> int:
         return int(self.model.outputs[0].shape[-1]) if self.model.outputs[0].shape else 0
 
-    def run_counted(self, items: list[str]) -> tuple[list[Any], list[int]]:
+    def run_counted(self, items: list[str], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
         """One vector per text, and the tokens each text used (after truncation)."""
-        feed = self.encode(items)
+        feed = self.encode(items, truncate)
         hidden = self.model.run(feed)[self.encode.config["output"]]
         vecs = pool(hidden, feed["attention_mask"], self.mode)
         if self.normalize:
             vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         return list(vecs), feed["attention_mask"].sum(axis=1).tolist()
 
-    def run_batch(self, items: list[str]) -> list[Any]:
+    def run_batch(self, items: list[str], truncate: bool | None = None) -> list[Any]:
         """One vector per text: the unit the server's batcher merges and splits."""
-        return self.run_counted(items)[0]
+        return self.run_counted(items, truncate)[0]
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"embeddings": np.stack(self.run_batch(texts(payload)))}
+        return {"embeddings": np.stack(self.run_batch(texts(payload), truncate_flag(payload)))}

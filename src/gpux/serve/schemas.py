@@ -1,0 +1,52 @@
+"""JSON schemas of the POST bodies, for the OpenAPI document only.
+
+The routes read their bodies with orjson (:func:`gpux.serve.app.read_json`) and check them by hand:
+pydantic models would validate every request a second time on the hot path. These schemas are given
+to FastAPI as ``openapi_extra``, so ``/openapi.json`` declares every request body (clients, docs and
+fuzzers such as schemathesis see what to send) while the request path stays as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_NAME = {"type": "string", "minLength": 1, "description": "a stored model: name or name:tag"}
+_KEEP_ALIVE = {"description": 'how long the model stays loaded after the request: "5m", "30s", seconds; '
+                              "-1 forever, 0 unload now; at most a year",
+               "oneOf": [{"type": "string", "pattern": r"^-?\d+(\.\d+)?(ms|s|m|h)?$"}, {"type": "number"}]}
+_TEXTS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(required)}
+
+
+MODEL_LOAD = _object({"model": _NAME, "keep_alive": _KEEP_ALIVE}, ("model",))
+MODEL_UNLOAD = _object({"model": _NAME}, ("model",))
+PREDICT = _object({
+    "inputs": {"description": "task models: text or a list of texts; raw models: {input name: nested list}",
+               "oneOf": [_TEXTS, {"type": "object", "additionalProperties": {}}]},
+    "keep_alive": _KEEP_ALIVE}, ("inputs",))
+OPENAI_EMBEDDINGS = _object({
+    "model": _NAME, "input": _TEXTS, "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+    "dimensions": {"type": "integer", "minimum": 1}, "user": {"type": "string"}}, ("model", "input"))
+OLLAMA_EMBED = _object({
+    "model": _NAME, "input": _TEXTS, "truncate": {"type": "boolean", "default": True},
+    "keep_alive": _KEEP_ALIVE, "options": {"type": "object"}}, ("model", "input"))
+V2_INFER = _object({
+    "id": {"type": "string"},
+    "inputs": {"type": "array", "minItems": 1, "items": _object({
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+        "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
+                                                "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]},
+        "data": {"type": "array", "description": "the values, flattened row-major"},
+        "parameters": {"type": "object"}}, ("name", "shape", "datatype", "data"))},
+    "outputs": {"type": "array", "items": _object({"name": {"type": "string"}, "parameters": {"type": "object"}},
+                                                  ("name",))},
+    "parameters": {"type": "object"}}, ("inputs",))
+
+
+def body(schema: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose JSON body follows ``schema`` (documented, not validated here)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
