@@ -30,7 +30,8 @@ def spread(samples: list[float]) -> dict[str, float]:
 def env_line(script: str, env: dict[str, Any], extra: str = "") -> str:
     """``Measured by `benchmarks/X.py` on CPU (N cores), Python V, pkg V, ...`` for a report's header."""
     pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
-    return (f"Measured by `benchmarks/{script}` on {env['cpu']} ({env['cores_logical']} cores{extra}), "
+    isa = f", {' '.join(env['isa'])}" if env.get("isa") else ""
+    return (f"Measured by `benchmarks/{script}` on {env['cpu']} ({env['cores_logical']} cores{extra}{isa}), "
             f"Python {env['python']}, {pkgs}.")
 
 

@@ -170,46 +170,78 @@ async def load(url: str, clients: int, seconds: float, items: int = 1, timeout: 
 # -- phases ---------------------------------------------------------------------------------------------------
 
 def phase_fuzz(home: Path, examples: int, out: Path) -> dict[str, Any]:
-    """schemathesis against every operation of the served schema; 5xx answers are the failures."""
+    """schemathesis against every operation of the served schema; 5xx answers are the failures.
+
+    Two passes: the schema as served (model names are free strings, so most cases end in 404 before any
+    model code runs), then the same schema with every model name (the ``model`` body field and the model
+    path parameters) pinned to the stored models, so generated bodies reach the tensors and texts.
+    """
+    import httpx
+
     proc, url = start_server(home, MODEL, "silero-vad")
-    report = out / "schemathesis.json"
     try:
-        schema = json.loads(__import__("httpx").get(f"{url}/openapi.json", timeout=10).text)
+        schema = httpx.get(f"{url}/openapi.json", timeout=10).json()
         posts = [(p, "post") for p, ops in schema["paths"].items() if "post" in ops]
         declared = [p for p, m in posts if "requestBody" in schema["paths"][p][m]]
-        st = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
-        res = subprocess.run([st, "run", f"{url}/openapi.json", "--checks", "not_a_server_error",
-                              "--max-examples", str(examples), "--seed", "1", "--workers", "1",
-                              "--request-timeout", "60", "--no-color", "--phases", "examples,coverage,fuzzing",
-                              "--report", "ndjson", "--report-ndjson-path", str(report)],
-                             capture_output=True, text=True, timeout=1800, cwd=out)
-        alive = proc.poll() is None and __import__("httpx").get(f"{url}/health", timeout=10).status_code == 200
+        names = [m["name"] for m in httpx.get(f"{url}/models", timeout=10).json()["models"]]
+        pinned = out / "openapi-pinned.json"
+        pinned.write_text(json.dumps(_pin_models(schema, names)))
+        passes = {label: _schemathesis(location, url, examples, out / f"schemathesis-{label}.ndjson", out)
+                  for label, location in (("as served", f"{url}/openapi.json"), ("model names pinned", str(pinned)))}
+        alive = proc.poll() is None and httpx.get(f"{url}/health", timeout=10).status_code == 200
     finally:
         stop(proc)
-    failures, cases, operations = _schemathesis_counts(report)
-    tail = "\n".join(res.stdout.strip().splitlines()[-12:])
-    return {"post_routes": len(posts), "post_routes_declaring_a_body": len(declared),
-            "operations_tested": operations, "test_cases": cases, "server_errors": failures,
-            "schemathesis_exit": res.returncode, "server_alive_after": alive, "summary": tail}
+    return {"post_routes": len(posts), "post_routes_declaring_a_body": len(declared), "passes": passes,
+            "server_errors": sum(p["server_errors"] for p in passes.values()), "server_alive_after": alive}
 
 
-def _schemathesis_counts(report: Path) -> tuple[int, int, int]:
-    """(5xx answers, test cases, operations) from schemathesis' ndjson event stream.
+def _pin_models(schema: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A copy of ``schema`` whose model-name fields only take ``names`` (stored models)."""
+    pinned = json.loads(json.dumps(schema))
+    enum = {"type": "string", "enum": names}
+    for ops in pinned["paths"].values():
+        for op in ops.values():
+            for param in op.get("parameters", []):
+                if param.get("in") == "path" and param.get("name") in ("model", "name"):
+                    param["schema"] = enum
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            if "model" in body.get("properties", {}):
+                body["properties"]["model"] = enum
+    return pinned
+
+
+def _schemathesis(location: str, url: str, examples: int, report: Path, cwd: Path) -> dict[str, Any]:
+    st = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
+    res = subprocess.run([st, "run", location, "--url", url, "--checks", "not_a_server_error",
+                          "--max-examples", str(examples), "--seed", "1", "--workers", "1",
+                          "--request-timeout", "60", "--no-color", "--phases", "examples,coverage,fuzzing",
+                          "--report", "ndjson", "--report-ndjson-path", str(report)],
+                         capture_output=True, text=True, timeout=1800, cwd=cwd)
+    failures, cases, operations, statuses = _schemathesis_counts(report)
+    return {"operations_tested": operations, "test_cases": cases, "server_errors": failures,
+            "statuses": statuses, "schemathesis_exit": res.returncode,
+            "summary": "\n".join(res.stdout.strip().splitlines()[-12:])}
+
+
+def _schemathesis_counts(report: Path) -> tuple[int, int, int, dict[str, int]]:
+    """(5xx answers, test cases, operations, answers by status) from schemathesis' ndjson event stream.
 
     A 5xx is counted from the recorded responses themselves (any ``status_code`` >= 500), and from
     ``not_a_server_error`` check results marked as failures, whichever is larger.
     """
     answers_5xx = check_failures = cases = 0
     operations: set[str] = set()
+    statuses: dict[str, int] = {}
     if not report.is_file():
-        return -1, 0, 0
+        return -1, 0, 0, {}
 
     def walk(node: Any) -> None:
         nonlocal answers_5xx, check_failures
         if isinstance(node, dict):
             code = node.get("status_code")
-            if isinstance(code, int) and code >= 500:
-                answers_5xx += 1
+            if isinstance(code, int):
+                statuses[str(code)] = statuses.get(str(code), 0) + 1
+                answers_5xx += code >= 500
             if node.get("name") == "not_a_server_error" and str(node.get("status", "")).lower() == "failure":
                 check_failures += 1
             for v in node.values():
@@ -228,7 +260,7 @@ def _schemathesis_counts(report: Path) -> tuple[int, int, int]:
                     if label:
                         operations.add(str(label))
                     cases += len((body.get("recorder") or {}).get("cases") or {})
-    return max(answers_5xx, check_failures), cases, len(operations)
+    return max(answers_5xx, check_failures), cases, len(operations), dict(sorted(statuses.items()))
 
 
 def phase_load(home: Path, clients: int, seconds: float) -> dict[str, Any]:
@@ -386,9 +418,12 @@ def markdown(r: dict[str, Any]) -> str:
     if "fuzz" in r:
         f = r["fuzz"]
         lines += ["## Fuzzing (schemathesis, `not_a_server_error`)", "",
-                  f"{f['post_routes_declaring_a_body']} of {f['post_routes']} POST routes declare their body; "
-                  f"{f['operations_tested']} operations, {f['test_cases']} test cases: **{f['server_errors']} server "
-                  f"errors**; server alive after: {f['server_alive_after']}.", ""]
+                  f"{f['post_routes_declaring_a_body']} of {f['post_routes']} POST routes declare their body. "
+                  f"**{f['server_errors']} server errors** in all; server alive after: {f['server_alive_after']}.", "",
+                  "| schema | operations | test cases | 5xx | answers by status |", "|---|---:|---:|---:|---|"]
+        lines += [f"| {label} | {x['operations_tested']} | {x['test_cases']} | {x['server_errors']} | "
+                  + ", ".join(f"{k}: {v}" for k, v in x["statuses"].items()) + " |" for label, x in f["passes"].items()]
+        lines += [""]
     for key, title in (("load_100", "100 clients"), ("burst_1000", "1,000 connections")):
         if key in r:
             x = r[key]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -30,3 +32,15 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+
+
+def build_raw_models(root: Path, src: Path, builders: Iterable[tuple[str, Callable[[Path], Path]]]) -> None:
+    """Store each tiny ONNX model (name, builder) in the store at ``root`` as ``gpux build`` of a gpux.yml folder."""
+    from conftest import gpux as cli
+
+    for name, builder in builders:
+        folder = src / name
+        folder.mkdir()
+        graph = builder(folder / f"{name}.onnx")
+        (folder / "gpux.yml").write_text(f"name: {name}\nmodel: {{source: {graph.name}}}\n")
+        assert cli("build", str(folder), env={"GPUX_HOME": str(root)}).returncode == 0

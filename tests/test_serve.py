@@ -24,7 +24,7 @@ from gpux.serve.app import ServeSettings, create_app
 from gpux.serve.batcher import BatchConfig
 from gpux.serve.manager import ModelManager
 from gpux.store.local import Store
-from serve_helpers import LiveServer
+from serve_helpers import LiveServer, build_raw_models
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -35,13 +35,7 @@ def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("serve-home")
     env = {"GPUX_HOME": str(root)}
     assert cli("pull", MINILM, env=env).returncode == 0
-    src = tmp_path_factory.mktemp("serve-src")
-    for name, builder in (("tiny-mlp", models.mlp), ("tiny-half", models.half)):
-        folder = src / name
-        folder.mkdir()
-        graph = builder(folder / f"{name}.onnx")
-        (folder / "gpux.yml").write_text(f"name: {name}\nmodel: {{source: {graph.name}}}\n")
-        assert cli("build", str(folder), env=env).returncode == 0
+    build_raw_models(root, tmp_path_factory.mktemp("serve-src"), (("tiny-mlp", models.mlp), ("tiny-half", models.half)))
     return root
 
 

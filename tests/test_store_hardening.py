@@ -206,36 +206,37 @@ def test_pull_hash_verifies_and_verify_repairs(tiny: Path, tmp_path: Path, model
 # -- 14: a deleted blob is repaired by run and by the server ---------------------------------------------------
 
 
-def test_run_repairs_a_deleted_blob(tiny: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def deleted_blob(tiny: Path, tmp_path: Path) -> tuple[Store, Path]:
+    """bert-cls pulled from a local folder, then its graph's blob deleted: (store, that blob's path)."""
     folder = _copy(tiny, tmp_path / "src" / "bert-cls")
     assert cli("pull", str(folder)).returncode == 0
     store = Store()
-    ref = "bert-cls:text-classification"
-    blob = _blob(store, ref, "model.onnx")
+    blob = _blob(store, "bert-cls:text-classification", "model.onnx")
     blob.unlink()
+    return store, blob
+
+
+def test_run_repairs_a_deleted_blob(deleted_blob: tuple[Store, Path]) -> None:
+    _, blob = deleted_blob
     res = cli("run", "bert-cls", "-i", TEXT_IN)
     assert res.returncode == 0 and "missing" in res.stderr and "pulling it again" in res.stderr, res.stderr
     assert blob.is_file()
 
 
-def test_server_repairs_a_deleted_blob_or_answers_without_paths(tiny: Path, tmp_path: Path,
+def test_server_repairs_a_deleted_blob_or_answers_without_paths(deleted_blob: tuple[Store, Path], tmp_path: Path,
                                                                gpux_home: Path) -> None:
     from gpux.serve.app import ServeSettings, create_app
     from gpux.serve.manager import ModelManager
     from serve_helpers import LiveServer
 
-    folder = _copy(tiny, tmp_path / "src" / "bert-cls")
-    assert cli("pull", str(folder)).returncode == 0
-    store = Store()
-    ref = "bert-cls:text-classification"
-    blob = _blob(store, ref, "model.onnx")
-    blob.unlink()
+    store, blob = deleted_blob
     with LiveServer(create_app(ModelManager(store=store), ServeSettings())) as srv:
         r = httpx.post(f"{srv.url}/predict/bert-cls", json={"inputs": "hello"}, timeout=300)
         assert r.status_code == 200, r.text
         assert blob.is_file()
     blob.unlink()
-    shutil.rmtree(folder)  # the source is gone: nothing can repair it
+    shutil.rmtree(tmp_path / "src" / "bert-cls")  # the source is gone: nothing can repair it
     with LiveServer(create_app(ModelManager(store=store), ServeSettings())) as srv:
         r = httpx.post(f"{srv.url}/predict/bert-cls", json={"inputs": "hello"}, timeout=300)
         assert r.status_code in (500, 503), r.text

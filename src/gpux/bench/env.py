@@ -40,6 +40,24 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
+#: CPU features that change int8/fp16/bf16 numerics and speed (onnxruntime picks kernels by them).
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+              "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm", "bf16")
+
+
+def isa() -> list[str]:
+    """The CPU's vector extensions that matter for inference, from /proc/cpuinfo: int8 results differ by
+    ISA (VNNI vs AVX2 kernels round differently), so every figure records them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in _ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -62,5 +80,6 @@ def environment(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "isa": isa(),
         "cores_logical": cpu_count(),
     }

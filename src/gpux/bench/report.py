@@ -40,7 +40,8 @@ def markdown(doc: dict[str, Any], plots: list[str]) -> str:
     pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
     s = doc["settings"]
     lines = [f"# gpux bench — {doc['date'][:10]}", "",
-             f"{env['cpu']} ({env['cores_logical']} logical cores), Python {env['python']}, {pkgs}.",
+             f"{env['cpu']} ({env['cores_logical']} logical cores"
+             + (f"; {' '.join(env['isa'])}" if env.get("isa") else "") + f"), Python {env['python']}, {pkgs}.",
              f"{s['runs']} timed runs after {s['warmup']} warm-up runs per point; latency percentiles over those runs; "
              "throughput = batch ÷ mean latency. Every runner ran in its own process on the same tensors; "
              "gpux is timed end to end (tokenize, run, post-process), the baselines on the model call alone.", ""]

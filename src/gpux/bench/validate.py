@@ -56,8 +56,11 @@ def validate(models: list[str], thresholds: Thresholds, timeout: float = 600.0) 
         if ok:
             store = Store(home)
             name = ref.partition("@")[0]
-            if Path(name).expanduser().is_dir():  # a local HF folder is stored under its folder name
-                name = Path(name).expanduser().resolve().name.lower()
+            folder = Path(name).expanduser()
+            if folder.is_dir():  # a local HF folder: the stored conversion of its path and content
+                from gpux.registry import local
+
+                name = local.find_stored(store, folder.resolve(), local.source(folder.resolve())) or name
             try:
                 conv = store.manifest(name).conversion
                 row.update(task=store.manifest(name).task, exporter=conv.get("exporter"),

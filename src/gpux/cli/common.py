@@ -13,8 +13,12 @@ state: dict[str, Any] = {"verbose": False}
 
 
 def ort_log_level() -> int:
-    """onnxruntime log level: warnings (2) with -v, errors only (3) otherwise."""
-    return 2 if state["verbose"] else 3
+    """onnxruntime's log level for commands: warnings (2) with -v, otherwise nothing below fatal (4).
+
+    gpux turns every onnxruntime failure into its own one-line error, so onnxruntime's
+    coloured error lines (a failed load's "could not write a profile") only repeat it.
+    """
+    return 2 if state["verbose"] else 4
 
 
 def err_console() -> Any:

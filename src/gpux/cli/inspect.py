@@ -17,11 +17,10 @@ def inspect(
 ) -> None:
     """Show what MODEL expects and returns, and what it is made of."""
     from gpux.cli.inputs import dump
-    from gpux.cli.run import ort_log_level
     from gpux.engine.model import load
 
     # Resolved as `gpux run` resolves it: a Hugging Face folder or Hub id means its stored conversion.
-    info = load(common.bundle_or_pull(model), provider, log_level=ort_log_level()).info
+    info = load(common.bundle_or_pull(model), provider, log_level=common.ort_log_level()).info
     if as_json:
         typer.echo(dump(info))
         return

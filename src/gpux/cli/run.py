@@ -45,7 +45,7 @@ def run(
 
     feed = read_input(input)
     m = load(common.bundle_or_pull(model), provider, intra_op_threads=threads, graph_optimization=optimization,
-             placement=True, log_level=ort_log_level())
+             placement=True, log_level=common.ort_log_level())
     task = m.task
     call: Callable[[], Any] = (lambda: task(feed)) if task is not None else (lambda: m.run(feed))
     with _truncation_warnings():
@@ -64,15 +64,6 @@ def run(
         output.write_text(text + "\n", encoding="utf-8")
     else:
         typer.echo(text)
-
-
-def ort_log_level() -> int:
-    """onnxruntime's log level for commands: warnings with -v, otherwise nothing below fatal.
-
-    gpux turns every onnxruntime failure into its own one-line error, so onnxruntime's
-    coloured error lines (a failed load's "could not write a profile") only repeat it.
-    """
-    return 2 if common.state["verbose"] else 4
 
 
 @contextlib.contextmanager

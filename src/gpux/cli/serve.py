@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import re
 import socket
 from typing import Optional
 
 import typer
 
+from gpux.cli import common
 from gpux.errors import GpuxError, UsageError
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?$", re.I)
@@ -105,7 +107,10 @@ def serve(
             if self.started:
                 _banner(address, sock.getsockname()[1], sorted(manager.models))
 
-    server = Server(server_config(app, settings, host=address, port=port))
+    server = Server(server_config(app, settings, host=address, port=port))  # configures uvicorn's loggers
+    if not common.state["verbose"]:  # a failed preload is gpux's one-line error below, not uvicorn's traceback too
+        logging.getLogger("uvicorn.error").addFilter(
+            lambda _record: getattr(app.state, "startup_error", None) is None)
     server.run(sockets=[sock])
     if not server.started:  # the app did not start: a preload failed
         error = getattr(app.state, "startup_error", None)
