@@ -37,6 +37,10 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/vs_pytorch.py
 	$(PY) benchmarks/exporters.py
 	$(PY) benchmarks/precisions.py
+	$(PY) benchmarks/int8_mixed.py
+	$(PY) benchmarks/families.py
+	$(PIP) 'sentence-transformers>=5'   # the CrossEncoder baseline only; torch stays the pinned wheel
+	$(PY) benchmarks/rerank.py
 	$(PY) benchmarks/serve_load.py
 	$(GPUX) bench sentence-transformers/all-MiniLM-L6-v2 --precisions fp32,int8,int8-static --batch-sizes 1,16 \
 		--seq-lens 128 --min-cosine 0.97 --out benchmarks/results/gpux-bench

@@ -24,7 +24,8 @@ def pull(
     optimize: Optional[str] = typer.Option(None, "--optimize", help="O1, O2 or O3: graph optimisations saved."),  # noqa: UP007
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 or fp16 (inputs/outputs stay as they are)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic quantisation; int8-static: "  # noqa: UP007
-                                           "calibrated static (QDQ) quantisation."),
+                                           "calibrated static (QDQ) quantisation; int8-mixed: dynamic, with "
+                                           "the fewest most sensitive nodes kept fp32 that reach cosine 0.99."),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Refuse a variant below this cosine."),  # noqa: UP007
     min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Classifiers: argmax agreement floor."),  # noqa: UP007
 ) -> None:
@@ -88,7 +89,7 @@ def pull(
 def _variant(store: Store, base: str, variant: Any, min_cosine: float | None, min_agreement: float | None,
              force: bool) -> str:
     """``name:tag`` of ``variant`` of the stored ``base``, made unless an up-to-date one is stored."""
-    from gpux.convert.optimize import make_variant
+    from gpux.convert.optimize import floors, make_variant
     from gpux.errors import GpuxError
 
     name, _, tag = base.partition(":")
@@ -96,9 +97,15 @@ def _variant(store: Store, base: str, variant: Any, min_cosine: float | None, mi
     console = common.err_console()
     with store.lock(name):
         try:
-            current = store.manifest(ref).conversion.get("base_digest")
+            conversion = store.manifest(ref).conversion
             base_digest = store.manifest(base).files[store.manifest(base).graphs["model"]]["sha256"]
-            if current == base_digest and not force:
+            # Up to date: made from this base, and its measured parity meets the floors asked for now (a
+            # variant stored under a looser --min-cosine is not what a stricter pull asks for).
+            par = conversion.get("parity_vs_fp32") or {}
+            cos_floor, agree_floor = floors(variant, min_cosine, min_agreement)
+            agreement = par.get("argmax_agreement")
+            meets = par.get("cosine_min", -1.0) >= cos_floor and (1.0 if agreement is None else agreement) >= agree_floor
+            if conversion.get("base_digest") == base_digest and meets and not force:
                 store.get(ref)
                 console.print(f"{ref} is up to date", markup=False, highlight=False)
                 return ref

@@ -9,7 +9,10 @@ Steps, in order, each optional:
 - ``--dtype fp16``: weights and compute in float16, inputs/outputs kept as they were.
 - ``--quantize int8``: dynamic quantisation (int8 weights, activations quantised at run time);
   ``int8-static``: static (QDQ) quantisation, activation ranges fixed beforehand by running
-  the fp32 graph on CALIBRATION, sentences held apart from the parity ones.
+  the fp32 graph on CALIBRATION, sentences held apart from the parity ones;
+  ``int8-mixed``: dynamic int8 with the few nodes this CPU's int8 kernels hurt most kept in fp32,
+  found by measuring each node's sensitivity on CALIBRATION and searching for the fewest that
+  bring parity over the floor (the chosen nodes and their sensitivities land in the manifest).
 
 Parity: the base fp32 graph and the variant run the same real sentences (tokenized
 with the model's own tokenizer, batches of 1, 8 and 15); minimum cosine, max-abs
@@ -29,14 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from gpux.errors import ConvertError, UsageError
+from gpux.errors import ConvertError, GpuxError, UsageError
 from gpux.store.bundle import Bundle, Manifest
 from gpux.store.local import Store
 
 LEVELS = ("O1", "O2", "O3")
 #: Smallest cosine (and, for classifiers, argmax agreement) a variant may keep, by what it changes.
-TOLERANCE = {"fp32": (0.9999, 1.0), "fp16": (0.999, 0.99), "int8": (0.98, 0.95), "int8-static": (0.98, 0.95)}
-QUANTIZE = ("int8", "int8-static")
+TOLERANCE = {"fp32": (0.9999, 1.0), "fp16": (0.999, 0.99), "int8": (0.98, 0.95), "int8-static": (0.98, 0.95),
+             "int8-mixed": (0.99, 0.95)}
+QUANTIZE = ("int8", "int8-static", "int8-mixed")
+#: int8-mixed refuses rather than keep more than this share of the quantisable nodes in fp32: past it the
+#: variant is mostly fp32 and its speed gain mostly gone.
+MIXED_MAX_FP32_SHARE = 0.5
 
 SENTENCES = (
     "The film was a quiet triumph of patience and craft.", "I would not recommend this hotel to anyone.",
@@ -108,7 +115,8 @@ class Variant:
             raise UsageError(f"--dtype {self.dtype!r} is not supported", hint="use fp32 or fp16")
         if self.quantize is not None and self.quantize not in QUANTIZE:
             raise UsageError(f"--quantize {self.quantize!r} is not supported",
-                             hint="use int8 (dynamic) or int8-static (calibrated)")
+                             hint="use int8 (dynamic), int8-static (calibrated) or int8-mixed "
+                                  "(dynamic, the most sensitive nodes kept fp32)")
         if self.dtype == "fp16" and self.quantize:
             raise UsageError(f"--dtype fp16 and --quantize {self.quantize} do not combine", hint="pick one")
 
@@ -151,17 +159,19 @@ def _fp16(src: Path, dst: Path) -> None:
     model.save_model_to_file(str(dst))
 
 
-def _int8(src: Path, dst: Path) -> None:
+def _int8(src: Path, dst: Path, exclude: tuple[str, ...] = ()) -> None:
     """Dynamic int8, per-channel weights: of the eight weight-type x per-channel x reduce-range settings
-    tried on all-MiniLM-L6-v2 here, this kept the most accuracy (docs/optimize.md)."""
+    tried on all-MiniLM-L6-v2 here, this kept the most accuracy (docs/optimize.md). ``exclude``: node
+    names left in fp32 (int8-mixed)."""
+    import logging
+
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    import logging
 
     logging.disable(logging.WARNING)  # it logs "consider pre-processing" to the root logger
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=list(exclude),
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops lack inferred types
     finally:
         logging.disable(logging.NOTSET)
@@ -225,7 +235,12 @@ def _int8_static(src: Path, dst: Path, base: Bundle) -> None:
     import logging
 
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     model = onnx.load(str(src))
@@ -251,16 +266,225 @@ def _int8_static(src: Path, dst: Path, base: Bundle) -> None:
         logging.disable(logging.NOTSET)
 
 
+class _Mixer:
+    """Graphs in which only chosen nodes are int8, spliced from the fp32 graph and the all-int8 one.
+
+    quantize_dynamic spends about 1.5 s per call on MiniLM re-loading, shape-inferring and saving the whole
+    model; the sensitivity pass needs one graph per quantisable node, so it splices instead: for each node
+    that quantize_dynamic changed, the int8 nodes (and initializers) that now produce its output are found by
+    walking back from that output to tensors the fp32 graph already has, and put in place of the fp32 node.
+    The result runs the same onnxruntime int8 kernels as the real variant, with the same inferred shapes.
+    The stored variant itself is made by quantize_dynamic with ``nodes_to_exclude`` and parity-checked again.
+    """
+
+    def __init__(self, fp32_path: Path, int8_path: Path, work: Path) -> None:
+        import onnx
+
+        fp32 = onnx.load(str(fp32_path))
+        int8 = onnx.load(str(int8_path))
+        known = {i.name for i in fp32.graph.input} | {o for n in fp32.graph.node for o in n.output}
+        producer = {o: n for n in int8.graph.node for o in n.output}
+        inits = {t.name: t for t in int8.graph.initializer}
+        same = {n.SerializeToString() for n in fp32.graph.node}
+        #: fp32 node name -> the int8 nodes replacing it, in graph order
+        self.parts: dict[str, list[Any]] = {}
+        self.op_type: dict[str, str] = {}
+        order = {id(n): i for i, n in enumerate(int8.graph.node)}
+        # quantize_dynamic's output carries inferred shapes, and onnxruntime picks some int8 fusions by them
+        # (without them MiniLM's all-int8 graph measured cosine 0.97695 instead of 0.97775): splices keep them.
+        self.value_info = list(int8.graph.value_info)
+        self.opsets, self.ir_version = list(int8.opset_import), int8.ir_version  # int8 ops may need com.microsoft
+        extra: dict[str, Any] = {}
+        for node in fp32.graph.node:
+            first = producer.get(node.output[0])
+            if first is None or first.SerializeToString() in same:
+                continue  # left as it was: not quantisable here
+            nodes: dict[int, Any] = {}
+            todo = [first]
+            while todo:
+                n = todo.pop()
+                if id(n) in nodes:
+                    continue
+                nodes[id(n)] = n
+                for t in n.input:
+                    if t in inits:
+                        extra[t] = inits[t]
+                    elif t and t not in known and t in producer:
+                        todo.append(producer[t])
+            self.parts[node.name] = sorted(nodes.values(), key=lambda n: order[id(n)])
+            self.op_type[node.name] = node.op_type
+        # Every weight, fp32 and int8, written once to one file; each spliced graph only points into it, so
+        # making one costs a few kB of protobuf instead of copying and serializing the whole model.
+        have = {t.name for t in fp32.graph.initializer}
+        fp32.graph.initializer.extend(t for name, t in extra.items() if name not in have)
+        self.work = work
+        onnx.save_model(fp32, str(work / "mixed-weights.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="mixed-weights.bin", size_threshold=0)
+        self.fp32 = onnx.load(str(work / "mixed-weights.onnx"), load_external_data=False)
+        self.inits = {t.name: t for t in self.fp32.graph.initializer}
+
+    def build(self, int8: set[str]) -> Path:
+        """The fp32 graph with the nodes in ``int8`` replaced by their int8 parts, written next to the weights."""
+        import onnx
+
+        graph = self.fp32.graph
+        nodes: list[Any] = []
+        added: set[str] = set()
+        for n in graph.node:
+            if n.name not in int8:
+                nodes.append(n)
+                continue
+            for part in self.parts[n.name]:
+                if part.output[0] not in added:  # Q, K and V share their input's DynamicQuantizeLinear
+                    added.add(part.output[0])
+                    nodes.append(part)
+        used = {t for n in nodes for t in n.input}
+        made = {o for n in nodes for o in n.output}
+        model = onnx.helper.make_model(
+            onnx.helper.make_graph(nodes, graph.name, list(graph.input), list(graph.output),
+                                   # quantize_dynamic may turn a weight into a DequantizeLinear's output of
+                                   # the same name (a Gemm bias shared with another node): that one wins
+                                   [t for name, t in self.inits.items() if name in used and name not in made],
+                                   value_info=[v for v in self.value_info if v.name in made]),
+            opset_imports=self.opsets, ir_version=self.ir_version)
+        path = self.work / "mixed.onnx"
+        path.write_bytes(model.SerializeToString())
+        return path
+
+
+def _user_view(out: np.ndarray, feed: dict[str, np.ndarray], mode: str) -> np.ndarray:
+    """What users get from a graph output: pooled sentence embeddings from token states, else as is."""
+    from gpux.tasks.embeddings import pool
+
+    return pool(out, feed["attention_mask"], mode) if out.ndim == 3 else out
+
+
+def _sensitivities(src: Path, mixer: _Mixer, base: Bundle) -> dict[str, float]:
+    """Each quantisable node's end-to-end cost: mean (1 - cosine) against fp32, over the CALIBRATION sentences,
+    of the user-visible output of the graph in which only that node is int8 (this CPU's kernels)."""
+    import onnxruntime as ort
+
+    from gpux.tasks.text import TextEncoder
+
+    encode = TextEncoder(base)
+    mode = encode.config.get("pooling", "mean")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # unused fp32 weights of int8 nodes are dropped with a warning each
+    # Batches of 8 sentences of similar length: 8 runs per node instead of 64 (the pass is most of the time),
+    # with little padding in the activation ranges; same top-ranked nodes on MiniLM as one at a time.
+    by_length = sorted(CALIBRATION, key=lambda text: len(encode([text])["input_ids"][0]))
+    feeds = [encode(by_length[i:i + 8]) for i in range(0, len(by_length), 8)]
+    ref_sess = ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    ref = [_user_view(ref_sess.run(None, f)[0].astype(np.float32), f, mode) for f in feeds]
+    del ref_sess
+
+    def one(name: str) -> float:
+        sess = ort.InferenceSession(str(mixer.build({name})), opts, providers=["CPUExecutionProvider"])
+        errs = [1.0 - _cosines(r, _user_view(sess.run(None, f)[0].astype(np.float32), f, mode))
+                for f, r in zip(feeds, ref)]
+        return float(np.concatenate(errs).mean())
+
+    return {name: one(name) for name in mixer.parts}
+
+
+def _int8_mixed(src: Path, dst: Path, base: Bundle, is_classifier: bool, cos_floor: float,
+                agree_floor: float) -> dict[str, Any]:
+    """Dynamic int8 with the fewest most-sensitive nodes kept fp32 that bring parity over the floors.
+
+    Why: int8 kernels differ by ISA, and on AVX-512 VNNI MiniLM's dynamic int8 lands at cosine 0.978 where
+    an AVX2 CPU gave 0.979; a fixed recipe cannot promise a floor on every CPU, a search on the CPU at
+    hand can. Steps: (1) every quantisable node int8 (per-channel weights), stored as is if that passes;
+    (2) else each node's sensitivity (_sensitivities: end to end, with this CPU's kernels; ranking by each
+    node's own output error instead did not predict what helps); (3) nodes ranked by it, the fewest
+    top-ranked ones kept fp32 that bring parity on SENTENCES (held apart from CALIBRATION) over the floors,
+    found by bisection (parity rose with every 2 more nodes on MiniLM); at most MIXED_MAX_FP32_SHARE of the
+    nodes, else refused with the numbers. Returns what the manifest records.
+    """
+    start = time.perf_counter()
+    all_int8 = dst.with_name(f"{dst.stem}-all.onnx")
+    _int8(src, all_int8)
+    mixer = _Mixer(src, all_int8, dst.parent)
+    names = list(mixer.parts)
+    if not names:
+        raise ConvertError("int8-mixed found nothing to quantise in this graph",
+                           hint="the graph has no weight MatMul/Gemm/Gather nodes quantize_dynamic handles")
+    tried: dict[int, dict[str, Any]] = {}
+    ranked: list[str] = names  # until ranked by sensitivity: only ranked[k:] with k == 0 is built before that
+
+    def check(k: int) -> bool:
+        if k not in tried:
+            tried[k] = parity(base, mixer.build(set(ranked[k:])), is_classifier)
+        r = tried[k]
+        return bool(r["cosine_min"] >= cos_floor and r.get("argmax_agreement", 1.0) >= agree_floor)
+
+    scores: dict[str, float] = {}
+    ranking_s = 0.0
+    most = max(1, int(len(names) * MIXED_MAX_FP32_SHARE))
+    if check(0):  # all int8 already holds (DistilBERT here): no sensitivity pass needed
+        k = 0
+    else:
+        scores = _sensitivities(src, mixer, base)
+        ranked = sorted(names, key=lambda n: -scores[n])
+        ranking_s = time.perf_counter() - start
+        if not check(most):
+            top = tried[most]
+            raise ConvertError(
+                f"the int8-mixed variant cannot reach cosine {cos_floor}"
+                + (f" / argmax agreement {agree_floor:.0%}" if is_classifier else "")
+                + f": all {len(names)} quantisable nodes int8 gave cosine {tried[0]['cosine_min']:.5f}, and with "
+                f"the {most} most sensitive kept fp32 (the most allowed) cosine {top['cosine_min']:.5f}, max-abs "
+                f"{top['max_abs']:.3g}" + (f", argmax agreement {top['argmax_agreement']:.1%}" if is_classifier else ""),
+                hint="nothing was stored; lower --min-cosine/--min-agreement, or keep this model fp32/fp16")
+        lo, hi = 0, most  # lo fails, hi passes
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if check(mid) else (mid, hi)
+        k = hi
+    if k == 0:
+        all_int8.replace(dst)
+    else:
+        _int8(src, dst, tuple(ranked[:k]))
+        all_int8.unlink(missing_ok=True)
+    counts: dict[str, list[int]] = {}
+    for n in names:
+        counts.setdefault(mixer.op_type[n], [0, 0])[1] += 1
+        if n not in ranked[:k]:
+            counts[mixer.op_type[n]][0] += 1
+    return {
+        "fp32_nodes": [{"name": n, "op_type": mixer.op_type[n], "sensitivity": scores[n]} for n in ranked[:k]],
+        "int8_nodes": len(names) - k, "quantisable_nodes": len(names),
+        "int8_of_quantisable_by_op": {op: f"{a}/{b}" for op, (a, b) in sorted(counts.items())},
+        "sensitivity": "mean (1 - cosine) vs fp32 over the CALIBRATION sentences of the output with only that "
+                       "node int8",
+        "search": [{"fp32_nodes": kk, "cosine_min": r["cosine_min"],
+                    **({"argmax_agreement": r["argmax_agreement"]} if "argmax_agreement" in r else {})}
+                   for kk, r in sorted(tried.items())],
+        "ranking_seconds": round(ranking_s, 3), "max_fp32_share": MIXED_MAX_FP32_SHARE,
+    }
+
+
 def _outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # int8-mixed's spliced graphs drop unused fp32 weights, a warning each
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return [sess.run(None, f)[0].astype(np.float32) for f in feeds]
 
 
 def _cosines(r: np.ndarray, g: np.ndarray) -> np.ndarray:
     out: np.ndarray = (r * g).sum(-1) / np.maximum(np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1), 1e-12)
     return out
+
+
+#: Tasks whose graph answers per token (logits [batch, seq, n]): parity compares each real token's scores.
+PER_TOKEN_TASKS = ("token-classification", "fill-mask")
+
+
+def judged_by_argmax(task_cfg: dict[str, Any]) -> bool:
+    """Every task but embeddings answers with an argmax (a label, a token, a span start): its variants are also
+    held to argmax agreement."""
+    return task_cfg.get("task", "text-classification") != "feature-extraction"
 
 
 def parity(base: Bundle, candidate: Path, is_classifier: bool) -> dict[str, Any]:
@@ -275,10 +499,14 @@ def parity(base: Bundle, candidate: Path, is_classifier: bool) -> dict[str, Any]
 
     encode = TextEncoder(base)
     mode = encode.config.get("pooling", "mean")
+    per_token = encode.config.get("task") in PER_TOKEN_TASKS
     feeds = [encode(list(SENTENCES[a:b])) for a, b in BATCHES]
     ref, got = _outputs(base.graph_path(), feeds), _outputs(candidate, feeds)
     cos_min, max_abs, token_cos, agree, total = 1.0, 0.0, 1.0, 0, 0
     for f, r, g in zip(feeds, ref, got):
+        if r.ndim == 3 and per_token:  # a label (or vocabulary) score vector per real token: compared per token
+            keep = f["attention_mask"].astype(bool)
+            r, g = r[keep], g[keep]
         if r.ndim == 3:  # token states -> sentence embeddings, as the task computes them
             keep = f["attention_mask"].astype(bool)
             token_cos = min(token_cos, float(_cosines(r[keep], g[keep]).min()))
@@ -296,6 +524,16 @@ def parity(base: Bundle, candidate: Path, is_classifier: bool) -> dict[str, Any]
     return out
 
 
+def floors(variant: Variant, min_cosine: float | None = None, min_agreement: float | None = None
+           ) -> tuple[float, float]:
+    """The (cosine, argmax agreement) floors a variant is held to: the flags, else its precision's defaults."""
+    # O3 approximates GELU: hold it to the fp16 tolerance rather than the exact-fp32 one.
+    key = "fp16" if variant.precision == "fp32" and variant.optimize == "O3" else variant.precision
+    cos_floor, agree_floor = TOLERANCE[key]
+    return (min_cosine if min_cosine is not None else cos_floor,
+            min_agreement if min_agreement is not None else agree_floor)
+
+
 def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
                  min_cosine: float | None = None, min_agreement: float | None = None) -> Bundle:
     """Derive ``variant`` from the stored fp32 model ``base_ref`` and store it next to it."""
@@ -303,11 +541,7 @@ def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
     base = store.get(base_ref)
     m = base.manifest
     task_cfg = json.loads((base.root / m.assets["task_config"]).read_text(encoding="utf-8"))
-    # O3 approximates GELU: hold it to the fp16 tolerance rather than the exact-fp32 one.
-    key = "fp16" if variant.precision == "fp32" and variant.optimize == "O3" else variant.precision
-    cos_floor, agree_floor = TOLERANCE[key]
-    cos_floor = min_cosine if min_cosine is not None else cos_floor
-    agree_floor = min_agreement if min_agreement is not None else agree_floor
+    cos_floor, agree_floor = floors(variant, min_cosine, min_agreement)
     work = store.scratch("variant-")
     try:
         start = time.perf_counter()
@@ -315,9 +549,13 @@ def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
         def optimise(src: Path, dst: Path) -> None:
             _optimize(src, dst, str(variant.optimize).upper(), task_cfg)
 
+        mixed: dict[str, Any] = {}
+
         def quantise(src: Path, dst: Path) -> None:
             if variant.quantize == "int8-static":
                 _int8_static(src, dst, base)
+            elif variant.quantize == "int8-mixed":
+                mixed.update(_int8_mixed(src, dst, base, judged_by_argmax(task_cfg), cos_floor, agree_floor))
             else:
                 _int8(src, dst)
 
@@ -328,12 +566,15 @@ def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
                 nxt = work / f"step{i}.onnx"
                 try:
                     fn(current, nxt)
+                except GpuxError:  # a refusal with its own numbers (int8-mixed)
+                    raise
                 except Exception as exc:  # optimiser/quantiser raise many types
                     raise ConvertError(f"making the {variant.suffix()} variant failed: {type(exc).__name__}: {exc}",
                                        hint="try another --optimize level or precision") from exc
                 current = nxt
-        result = parity(base, current, "labels" in task_cfg)
-        result.update(threshold_cosine=cos_floor, threshold_argmax_agreement=agree_floor if "labels" in task_cfg else None)
+        result = parity(base, current, judged_by_argmax(task_cfg))
+        result.update(threshold_cosine=cos_floor,
+                      threshold_argmax_agreement=agree_floor if judged_by_argmax(task_cfg) else None)
         if result["cosine_min"] < cos_floor or result.get("argmax_agreement", 1.0) < agree_floor:
             raise ConvertError(
                 f"the {variant.suffix()} variant loses too much: cosine {result['cosine_min']:.5f} (min {cos_floor}), "
@@ -347,7 +588,8 @@ def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
             conversion={**m.conversion, "dtype": variant.precision, "optimize": variant.optimize,
                         "quantize": variant.quantize, "base": f"{m.name}:{m.tag}",
                         "base_digest": m.files[m.graphs["model"]]["sha256"],
-                        "variant_seconds": round(time.perf_counter() - start, 3), "parity_vs_fp32": result})
+                        "variant_seconds": round(time.perf_counter() - start, 3), "parity_vs_fp32": result,
+                        **({"int8_mixed": mixed} if mixed else {})})
         graph_name = m.graphs["model"]
         files = {name: store.blobs.path(e["sha256"]) for name, e in m.files.items() if name != graph_name}
         files[graph_name] = current

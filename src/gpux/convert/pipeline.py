@@ -7,13 +7,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gpux.convert.detect import detect_task, read_json, refuse_remote_code
+from gpux.convert.detect import CROSS_ENCODER_KEYS, check_task, detect_task, num_labels, read_json, refuse_remote_code
 from gpux.errors import ConvertError
 from gpux.store.blobs import disk_full, no_space
 from gpux.store.bundle import Bundle, Manifest
 from gpux.store.local import Store
 
-SUPPORTED_TASKS = ("feature-extraction", "text-classification")
+SUPPORTED_TASKS = ("feature-extraction", "text-classification", "text-ranking", "token-classification",
+                   "question-answering", "fill-mask")
+#: Tasks whose outputs are scores over config.id2label.
+LABELLED_TASKS = ("text-classification", "token-classification", "text-ranking")
+#: Activation class name (last dotted part, lower-cased) in a CrossEncoder config -> task.json activation.
+ACTIVATIONS = {"sigmoid": "sigmoid", "identity": "identity", "softmax": "softmax"}
 TASK_CONFIG = "task.json"
 
 
@@ -49,14 +54,47 @@ def _pooling(folder: Path) -> dict[str, Any]:
     return {"pooling": mode, "normalize": normalize}
 
 
-def _tokenizer_facts(folder: Path) -> dict[str, Any]:
+def _tokenizer_facts(folder: Path, task: str) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
     if not getattr(tok, "is_fast", False) or not (folder / "tokenizer.json").is_file():
         raise ConvertError("the model has no tokenizer.json (a fast tokenizer)",
                            hint="gpux tokenizes with the `tokenizers` library, which needs tokenizer.json")
-    return {"pad_token": tok.pad_token, "pad_id": tok.pad_token_id if tok.pad_token_id is not None else 0}
+    facts = {"pad_token": tok.pad_token, "pad_id": tok.pad_token_id if tok.pad_token_id is not None else 0}
+    if task == "fill-mask":
+        if tok.mask_token is None or tok.mask_token_id is None:
+            raise ConvertError("the tokenizer has no mask token, which fill-mask needs",
+                               hint="pass --task feature-extraction for embeddings from this model")
+        facts.update(mask_token=str(tok.mask_token), mask_id=int(tok.mask_token_id))
+    return facts
+
+
+def _activation(config: dict[str, Any]) -> str:
+    """The score function of a cross-encoder: what sentence-transformers' CrossEncoder config says, else its
+    default (sigmoid for one logit, identity for several)."""
+    st = config.get("sentence_transformers")
+    named = (st.get("activation_fn") if isinstance(st, dict) else None) or config.get(CROSS_ENCODER_KEYS[1])
+    if named:
+        key = str(named).rsplit(".", 1)[-1].lower()
+        if key not in ACTIVATIONS:
+            raise ConvertError(f"the cross-encoder's activation {named!r} is not one gpux applies",
+                               hint=f"gpux applies: {', '.join(ACTIVATIONS)}")
+        return ACTIVATIONS[key]
+    return "sigmoid" if num_labels(config) == 1 else "identity"
+
+
+def _task_facts(folder: Path, task: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The per-task fields of task.json: pooling, labels in id order, the ranking activation."""
+    if task == "feature-extraction":
+        return _pooling(folder)
+    facts: dict[str, Any] = {}
+    if task in LABELLED_TASKS:
+        id2label = config.get("id2label") or {}
+        facts["labels"] = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(num_labels(config))]
+    if task == "text-ranking":
+        facts["activation"] = _activation(config)
+    return facts
 
 
 def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None = None,
@@ -67,29 +105,27 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
     refuse_remote_code(folder)
     if task is not None and task not in SUPPORTED_TASKS:
         raise ConvertError(f"task {task!r} is not supported", hint=f"supported tasks: {', '.join(SUPPORTED_TASKS)}")
+    if task is not None:
+        check_task(folder, task)
     task = task or detect_task(folder, SUPPORTED_TASKS)
-    if task not in SUPPORTED_TASKS:
-        raise ConvertError(f"this model is for {task!r}, which gpux cannot run yet",
-                           hint=f"supported tasks: {', '.join(SUPPORTED_TASKS)}")
     store = store or Store()
     config = read_json(folder / "config.json")
-    tok = _tokenizer_facts(folder)
+    tok = _tokenizer_facts(folder, task)
     work = store.scratch("convert-")
     try:
         exported = export(folder, task, Path(work) / "model.onnx", allow_pickle=allow_pickle)
+        arch = exported.architecture
         task_cfg: dict[str, Any] = {
-            "task": task, "max_length": _max_length(folder, config, exported.architecture.position_offset),
-            "inputs": list(exported.architecture.inputs), "output": exported.output, **tok,
-            "model_type": exported.architecture.model_type, "ort_model_type": exported.architecture.ort_model_type,
+            "task": task, "max_length": _max_length(folder, config, arch.position_offset),
+            "inputs": list(arch.inputs), "output": exported.output,
+            **({"outputs": list(exported.outputs)} if len(exported.outputs) > 1 else {}), **tok,
+            "model_type": arch.model_type, "ort_model_type": arch.ort_model_type,
+            "ort_model_type_source": arch.ort_model_type_source, "position_offset": arch.position_offset,
             # The transformer optimizer cannot infer these from our graphs; without them no Attention fusion.
             "num_heads": int(config.get("num_attention_heads") or config.get("n_heads") or 0),
             "hidden_size": int(config.get("hidden_size") or config.get("dim") or 0),
+            **_task_facts(folder, task, config),
         }
-        if task == "feature-extraction":
-            task_cfg.update(_pooling(folder))
-        else:
-            id2label = config.get("id2label") or {}
-            task_cfg["labels"] = [id2label.get(str(i), f"LABEL_{i}") for i in range(len(id2label) or 2)]
         (Path(work) / TASK_CONFIG).write_text(json.dumps(task_cfg, indent=2))
         manifest = Manifest(
             name=name, tag=task, task=task, graphs={"model": "model.onnx"},

@@ -256,10 +256,11 @@ def create_app(manager: ModelManager, settings: ServeSettings | None = None) -> 
         err = errors.UsageError(f"{where}: {first.get('msg')}", hint="see the API docs for the request shape")
         return JSONResponse(error_body(request, err, 400), status_code=400)
 
-    from gpux.serve import compat, native
+    from gpux.serve import compat, native, rerank
 
     native.register(app)
     compat.register(app)
+    rerank.register(app)
     return app
 
 

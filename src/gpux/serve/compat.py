@@ -2,7 +2,8 @@
 
 - OpenAI: ``GET /v1/models``, ``POST /v1/embeddings`` (float or base64 encoding, usage in tokens).
 - Ollama: ``POST /api/embed``, ``GET /api/tags``, ``GET /api/ps``.
-- KServe Open Inference Protocol v2: health, model metadata and readiness, ``infer`` with typed tensors.
+- KServe Open Inference Protocol v2: health, model metadata and readiness, ``infer`` with typed tensors;
+  task models also take text as BYTES tensors (``text``, ``text_pair``, ``question``, ``context``).
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def register(app: FastAPI) -> None:
         rid = body.get("id", "")
         if not isinstance(rid, str):
             raise UsageError('"id" must be a string', hint="any text; it is echoed in the answer")
+        if _text_request(body) and await _has_task(manager, canonical):
+            return await _v2_text(app, canonical, rid, body, request)
         status = 500
         try:
             async with manager.use(canonical) as (loaded, load_s):
@@ -178,6 +181,90 @@ def register(app: FastAPI) -> None:
             return {"name": loaded.name, "versions": [loaded.name.partition(":")[2]],
                     "platform": "onnxruntime_onnx", "inputs": [_v2_spec(s) for s in loaded.model.inputs],
                     "outputs": [_v2_spec(s) for s in loaded.model.outputs]}
+
+
+#: BYTES inputs a task model takes on KServe v2 instead of its graph's tensors.
+TEXT_INPUTS = ("text", "text_pair", "question", "context")
+
+
+def _text_request(body: dict[str, Any]) -> bool:
+    """Every input is a BYTES tensor named text, text_pair, question or context."""
+    tensors = body.get("inputs")
+    return isinstance(tensors, list) and bool(tensors) and all(
+        isinstance(t, dict) and t.get("name") in TEXT_INPUTS and t.get("datatype") == "BYTES" for t in tensors)
+
+
+async def _has_task(manager: ModelManager, name: str) -> bool:
+    async with manager.use(name) as (loaded, _):
+        return loaded.task is not None
+
+
+def _text_payload(body: dict[str, Any]) -> dict[str, Any]:
+    """KServe v2 BYTES columns -> the task's own payload: texts, {text, text_pair} or {question, context} rows."""
+    columns: dict[str, list[str]] = {}
+    for t in body["inputs"]:
+        name, shape, data = t["name"], t.get("shape"), t.get("data")
+        if name in columns:
+            raise InputNameError(f"repeated input {name!r}", hint="send each text input once")
+        if not isinstance(data, list) or not data or not all(isinstance(x, str) for x in data):
+            raise UsageError(f"input {name!r}: data must be a non-empty list of strings", hint="one text per row")
+        if not isinstance(shape, list) or shape not in ([len(data)], [len(data), 1]):
+            raise InputShapeError(f"input {name!r}: shape must be [{len(data)}] for {len(data)} texts, got {shape!r}",
+                                  hint="one row per text")
+        columns[name] = data
+    rows = {len(v) for v in columns.values()}
+    if len(rows) > 1:
+        raise InputShapeError("the text inputs have different numbers of rows", hint="send one row per input each")
+    keys = set(columns)
+    n = rows.pop()
+    if keys == {"text"}:
+        inputs: Any = columns["text"]
+    elif keys == {"text", "text_pair"}:
+        inputs = [{"text": columns["text"][i], "text_pair": columns["text_pair"][i]} for i in range(n)]
+    elif keys == {"question", "context"}:
+        inputs = [{"question": columns["question"][i], "context": columns["context"][i]} for i in range(n)]
+    else:
+        raise InputNameError(f"text inputs {sorted(keys)} do not go together",
+                             hint="send text; text and text_pair; or question and context")
+    params = body.get("parameters")
+    return {"inputs": inputs, **({"parameters": params} if params else {})}
+
+
+async def _v2_text(app: FastAPI, name: str, rid: str, body: dict[str, Any], request: Request) -> dict[str, Any]:
+    """A task model on KServe v2 with text in: batched like /predict, one output tensor named by the answer.
+
+    Embeddings come back as FP32 [n, dim] and ranking scores as FP32 [n]; every other answer (labels,
+    entities, answers, fill candidates) as BYTES [n], each row that input's answer as JSON text.
+    """
+    import orjson
+
+    payload = _text_payload(body)
+
+    def check(loaded: Loaded, items: list[Any]) -> list[Any]:
+        return loaded.task.items(items[0])  # type: ignore[no-any-return]
+
+    loaded, results, t = await run_items(app, "v2.infer", name, [payload], None, check, request=request)
+    key, answers = loaded.task.answer_key, [r[0] for r in results]
+    wanted = _v2_outputs_named(body, key)
+    if key in ("embeddings", "scores"):
+        arr = np.asarray(answers, dtype=np.float32)
+        out = {"name": key, "datatype": "FP32", "shape": list(arr.shape), "data": arr.reshape(-1).tolist()}
+    else:
+        out = {"name": key, "datatype": "BYTES", "shape": [len(answers)],
+               "data": [orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY).decode() for a in answers]}
+    return {"model_name": name, "model_version": name.partition(":")[2], "id": rid,
+            "outputs": [out] if wanted else [], "parameters": {**t, "providers": ",".join(providers(loaded))}}
+
+
+def _v2_outputs_named(body: dict[str, Any], key: str) -> bool:
+    asked = body.get("outputs")
+    if asked is None:
+        return True
+    names = [o.get("name") for o in asked] if isinstance(asked, list) and all(isinstance(o, dict) for o in asked) \
+        else None
+    if names is None or any(n != key for n in names):
+        raise UsageError(f"this task model answers one output, {key!r}", hint="ask for it, or leave out outputs")
+    return True
 
 
 def _v2_spec(spec: Any) -> dict[str, Any]:

@@ -66,13 +66,12 @@ def register(app: FastAPI) -> None:
     async def predict(model: str, request: Request) -> FastJSON:
         body = await read_json(request)
         if "inputs" not in body:
-            raise UsageError('the body needs "inputs"', hint='{"inputs": ["text"]} or {"inputs": {"x": [[1, 2]]}}')
+            raise UsageError('the body needs "inputs"', hint='{"inputs": ["text"]} or {"inputs": {"x": [[1, 2]]}}; '
+                             "docs/cli.md shows each task's shape")
 
         def check(loaded: Loaded, items: list[Any]) -> list[Any]:
-            if loaded.task is not None:
-                from gpux.tasks import texts
-
-                return texts({"inputs": items[0]})
+            if loaded.task is not None:  # the task's own parser: texts, pairs, questions, parameters
+                return loaded.task.items({"inputs": items[0], **_parameters(body)})  # type: ignore[no-any-return]
             if not isinstance(items[0], dict):
                 raise UsageError('"inputs" must map input names to values for this model',
                                  hint=f"its inputs: {', '.join(s.name for s in loaded.model.inputs)}")
@@ -99,6 +98,11 @@ def register(app: FastAPI) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(manager.metrics.prometheus(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _parameters(body: dict[str, Any]) -> dict[str, Any]:
+    """The body's task parameters (``top_k``, ``aggregation_strategy``...), if it has any."""
+    return {"parameters": body["parameters"]} if "parameters" in body else {}
 
 
 def _plain(value: Any) -> Any:

@@ -23,10 +23,30 @@ def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
 
 MODEL_LOAD = _object({"model": _NAME, "keep_alive": _KEEP_ALIVE}, ("model",))
 MODEL_UNLOAD = _object({"model": _NAME}, ("model",))
+_PAIR = _object({"text": {"type": "string"}, "text_pair": {"type": "string"}}, ("text",))
+_QUESTION = _object({"question": {"type": "string", "minLength": 1}, "context": {"type": "string", "minLength": 1}},
+                    ("question", "context"))
+_RANK = _object({"query": {"type": "string", "minLength": 1},
+                 "documents": {"type": "array", "items": {"type": "string"}, "minItems": 1}}, ("query", "documents"))
 PREDICT = _object({
-    "inputs": {"description": "task models: text or a list of texts; raw models: {input name: nested list}",
-               "oneOf": [_TEXTS, {"type": "object", "additionalProperties": {}}]},
+    "inputs": {"description": "task models: text(s); {text, text_pair} pairs (text-classification, text-ranking); "
+                              "{question, context} (question-answering); {query, documents} (text-ranking); "
+                              "raw models: {input name: nested list}",
+               "oneOf": [_TEXTS, {"type": "array", "items": {"oneOf": [{"type": "string"}, _PAIR, _QUESTION]},
+                                  "minItems": 1},
+                         _PAIR, _QUESTION, _RANK, {"type": "object", "additionalProperties": {}}]},
+    "parameters": {"type": "object", "description": "task parameters as Hugging Face's pipelines name them: "
+                                                    "top_k, targets (fill-mask); aggregation_strategy, ignore_labels "
+                                                    "(token-classification); top_k, doc_stride, max_answer_len, "
+                                                    "handle_impossible_answer, align_to_words (question-answering)"},
     "keep_alive": _KEEP_ALIVE}, ("inputs",))
+RERANK = _object({
+    "model": _NAME, "query": {"type": "string", "minLength": 1},
+    "documents": {"type": "array", "minItems": 1, "items": {"oneOf": [
+        {"type": "string"}, _object({"text": {"type": "string"}}, ("text",))]}},
+    "top_n": {"type": "integer", "minimum": 1, "description": "answer the best n documents (default: all)"},
+    "return_documents": {"type": "boolean", "default": False, "description": "include each document's text"},
+    "keep_alive": _KEEP_ALIVE}, ("model", "query", "documents"))
 OPENAI_EMBEDDINGS = _object({
     "model": _NAME, "input": _TEXTS, "encoding_format": {"type": "string", "enum": ["float", "base64"]},
     "dimensions": {"type": "integer", "minimum": 1}, "user": {"type": "string"}}, ("model", "input"))
@@ -35,16 +55,19 @@ OLLAMA_EMBED = _object({
     "keep_alive": _KEEP_ALIVE, "options": {"type": "object"}}, ("model", "input"))
 V2_INFER = _object({
     "id": {"type": "string"},
+    "parameters": {"type": "object", "description": "task models: the task's parameters (top_k, ...)"},
     "inputs": {"type": "array", "minItems": 1, "items": _object({
         "name": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}},
         "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
                                                 "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]},
         "data": {"type": "array", "description": "the values, flattened row-major"},
-        "parameters": {"type": "object"}}, ("name", "shape", "datatype", "data"))},
+        "parameters": {"type": "object"}}, ("name", "shape", "datatype", "data")),
+        "description": "the graph's tensors; or, for a task model, BYTES rows named text (+ text_pair) or "
+                       "question + context"},
     "outputs": {"type": "array", "items": _object({"name": {"type": "string"}, "parameters": {"type": "object"}},
                                                   ("name",))},
-    "parameters": {"type": "object"}}, ("inputs",))
+}, ("inputs",))
 
 
 def body(schema: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 TASKS: dict[str, str] = {
     "feature-extraction": "gpux.tasks.embeddings:Embeddings",
     "text-classification": "gpux.tasks.classification:Classifier",
+    "fill-mask": "gpux.tasks.fill_mask:FillMask",
+    "token-classification": "gpux.tasks.token_classification:TokenClassifier",
+    "question-answering": "gpux.tasks.question_answering:QuestionAnswering",
+    "text-ranking": "gpux.tasks.ranking:Ranker",
 }
 
 
@@ -27,17 +31,24 @@ class Task(Protocol):
     #: What one answer is, for throughput figures ("vectors" -> vectors/s, "items" -> items/s).
     unit: str
 
+    def items(self, payload: dict[str, Any]) -> list[Any]:
+        """The payload's inputs as a list of items, checked before anything is queued: the unit the server's
+        batcher merges requests into (a text; a pair; a question with its context). Per-request
+        parameters (top_k, aggregation_strategy...) travel inside each item, so one batch can hold
+        requests that asked for different ones."""
+        ...
+
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The answer for a ``{"inputs": ..., "truncate": bool}`` payload; texts over the model's
         limit are cut with a :class:`~gpux.tasks.text.TruncationWarning`, or refused with ``"truncate": false``."""
         ...
 
-    def run_batch(self, items: list[str], truncate: bool | None = None) -> list[Any]:
-        """One answer per text; what the server's dynamic batcher merges requests into."""
+    def run_batch(self, items: list[Any], truncate: bool | None = None) -> list[Any]:
+        """One answer per item; what the server's dynamic batcher merges requests into."""
         ...
 
-    def run_counted(self, items: list[str], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
-        """``run_batch`` plus the tokens each text used, for usage fields."""
+    def run_counted(self, items: list[Any], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
+        """``run_batch`` plus the tokens each item used, for usage fields."""
         ...
 
 
@@ -80,3 +91,56 @@ def truncate_flag(payload: dict[str, Any]) -> bool:
         raise UsageError(f'"truncate" must be true or false, not {value!r}',
                          hint='"truncate": false refuses texts longer than the model takes')
     return value
+
+
+def text_or_pairs(payload: dict[str, Any]) -> list[str | tuple[str, str]]:
+    """Texts, or sentence pairs as Hugging Face's text-classification pipeline takes them:
+    ``{"inputs": {"text": "a", "text_pair": "b"}}`` or a list of such objects (NLI, cross-encoders)."""
+    if "inputs" not in payload:
+        raise UsageError('the input needs an "inputs" key', hint='give {"inputs": "text"} or {"inputs": ["a", "b"]}')
+    value = payload["inputs"]
+    items = [value] if isinstance(value, (str, dict)) else value
+    if not isinstance(items, list) or not items:
+        raise UsageError('"inputs" must be a text, a {"text", "text_pair"} object or a non-empty list of them',
+                         hint='give {"inputs": [{"text": "a premise", "text_pair": "a hypothesis"}]}')
+    return [_text_or_pair(x, i) for i, x in enumerate(items)]
+
+
+def _text_or_pair(x: Any, i: int) -> str | tuple[str, str]:
+    if isinstance(x, str):
+        return x
+    if isinstance(x, dict) and isinstance(x.get("text"), str) and set(x) <= {"text", "text_pair"}:
+        pair = x.get("text_pair")
+        if pair is None:
+            return str(x["text"])
+        if isinstance(pair, str):
+            return (x["text"], pair)
+    raise UsageError(f"input {i} must be a text or a {{\"text\": ..., \"text_pair\": ...}} object of strings",
+                     hint='e.g. {"inputs": [{"text": "a premise", "text_pair": "a hypothesis"}]}')
+
+
+def parameters(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload's ``"parameters"`` object (Hugging Face's Inference API shape), empty when absent."""
+    value = payload.get("parameters", {})
+    if not isinstance(value, dict):
+        raise UsageError('"parameters" must be an object', hint='e.g. "parameters": {"top_k": 3}')
+    return value
+
+
+def int_parameter(params: dict[str, Any], name: str, default: int, low: int, high: int = 1 << 30) -> int:
+    """An integer parameter in [low, high], or :class:`UsageError` naming it."""
+    value = params.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f'"{name}" must be an integer from {low} to {high}, not {value!r}',
+                         hint=f'e.g. "parameters": {{"{name}": {default}}}')
+    return value
+
+
+def known_parameters(params: dict[str, Any], known: tuple[str, ...], task: str) -> None:
+    """Refuse a parameter this task does not take: a typo must not be silently ignored."""
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise UsageError(f"{task} takes no parameter {unknown[0]!r}",
+                         hint=f"its parameters: {', '.join(known) or 'none'}")

@@ -41,6 +41,10 @@ class Embeddings:
     def dimensions(self) -> int:
         return int(self.model.outputs[0].shape[-1]) if self.model.outputs[0].shape else 0
 
+    def items(self, payload: dict[str, Any]) -> list[str]:
+        """Texts: ``"one"`` or ``["a", "b"]``."""
+        return texts(payload)
+
     def run_counted(self, items: list[str], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
         """One vector per text, and the tokens each text used (after truncation)."""
         feed = self.encode(items, truncate)
@@ -55,4 +59,4 @@ class Embeddings:
         return self.run_counted(items, truncate)[0]
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"embeddings": np.stack(self.run_batch(texts(payload), truncate_flag(payload)))}
+        return {"embeddings": np.stack(self.run_batch(self.items(payload), truncate_flag(payload)))}

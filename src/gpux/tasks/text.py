@@ -1,17 +1,32 @@
-"""Tokenize a batch of texts with the bundle's tokenizer.json into the graph's int64 inputs."""
+"""Tokenize a batch of texts (or text pairs) with the bundle's tokenizer.json into the graph's int64 inputs.
+
+Pairs go to ``tokenizers`` as ``(text, pair)`` tuples: the tokenizer.json post-processor adds the
+separators and type ids the model was trained with, so no task hard-codes ``[SEP]``. Tasks that need to
+map tokens back to characters (token classification, question answering, fill-mask) ask for the
+:class:`tokenizers.Encoding` objects themselves (offsets, word ids, sequence ids, overflowing windows).
+"""
 
 from __future__ import annotations
 
 import json
+import threading
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpux.errors import InputError, ModelLoadError
+from gpux.errors import InputError, ModelLoadError, UsageError
 
 if TYPE_CHECKING:
     from gpux.store.bundle import Bundle
+
+
+#: Windowing tokenizers kept (one per doc_stride asked for, oldest dropped first; each is a copy of the vocabulary).
+WINDOWED_KEPT = 4
+
+#: One input of a text task: a text, or a (text, text_pair) pair.
+TextInput = str | tuple[str, str]
 
 
 class TruncationWarning(UserWarning):
@@ -43,17 +58,33 @@ class TextEncoder:
         self._counter: Any = None
         #: False once fix_length() set a length on purpose: cutting to it is then what was asked.
         self._check_cuts = True
+        #: stride -> a tokenizer cutting only the second text into overlapping windows (question answering).
+        self._windowed: dict[int, Any] = {}
+        self._lock = threading.Lock()
 
-    def lengths(self, texts: list[str]) -> list[int]:
+    def lengths(self, texts: Sequence[TextInput]) -> list[int]:
         """Tokens per text before truncation, from a second tokenizer so the first is never reconfigured
         while another thread encodes with it."""
-        if self._counter is None:
-            from tokenizers import Tokenizer
+        return [len(e.ids) for e in self._counting().encode_batch(texts)]
 
-            self._counter = Tokenizer.from_str(self.tokenizer.to_str())
-            self._counter.no_truncation()
-            self._counter.no_padding()
-        return [len(e.ids) for e in self._counter.encode_batch(texts)]
+    def _counting(self) -> Any:
+        """The untruncated, unpadded tokenizer ``lengths`` and ``room`` count with (built on first use)."""
+        with self._lock:
+            if self._counter is None:
+                from tokenizers import Tokenizer
+
+                counter = Tokenizer.from_str(self.tokenizer.to_str())
+                counter.no_truncation()
+                counter.no_padding()
+                self._counter = counter
+        return self._counter
+
+    def room(self, questions: Sequence[str]) -> list[int]:
+        """Context tokens one window can hold beside each question (and the pair's special tokens)."""
+        proc = self.tokenizer.post_processor
+        special = int(proc.num_special_tokens_to_add(True)) if proc is not None else 0
+        encs = self._counting().encode_batch(list(questions), add_special_tokens=False)
+        return [self.max_length - special - len(e.ids) for e in encs]
 
     @property
     def max_length(self) -> int:
@@ -62,8 +93,6 @@ class TextEncoder:
     def fix_length(self, length: int) -> None:
         """Pad and truncate every batch to exactly ``length`` tokens (fixed shapes, as benchmarks need)."""
         if not 1 <= length <= self.max_length:
-            from gpux.errors import UsageError
-
             raise UsageError(f"sequence length {length} is outside this model's 1..{self.max_length}",
                              hint=f"give sequence lengths up to {self.max_length}")
         self._check_cuts = False
@@ -71,22 +100,61 @@ class TextEncoder:
         self.tokenizer.enable_padding(pad_id=int(self.config["pad_id"]), pad_token=self.config["pad_token"] or "[PAD]",
                                       length=length)
 
-    def __call__(self, texts: list[str], truncate: bool | None = None) -> dict[str, np.ndarray]:
-        """The graph's inputs for ``texts``. Texts over the model's limit are cut silently
-        (``truncate=None``), cut with a warning (True) or refused (False)."""
+    def __call__(self, texts: Sequence[TextInput], truncate: bool | None = None) -> dict[str, np.ndarray]:
+        """The graph's inputs for ``texts`` (strings or (text, pair) tuples). Texts over the model's limit
+        are cut silently (``truncate=None``), cut with a warning (True) or refused (False)."""
+        return self.feed(self.encodings(texts, truncate))
+
+    def encodings(self, texts: Sequence[TextInput], truncate: bool | None = None) -> list[Any]:
+        """The padded, truncated :class:`tokenizers.Encoding` of each text or pair (offsets, word ids...)."""
         encs = self.tokenizer.encode_batch(texts)
         if truncate is not None and self._check_cuts:
             cut = [i for i, e in enumerate(encs) if e.overflowing]
             if cut:
-                self._report(texts, cut, truncate)
-        feed = {
-            "input_ids": np.array([e.ids for e in encs], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64),
-        }
+                self.report(texts, cut, truncate)
+        return encs  # type: ignore[no-any-return]
+
+    def feed(self, encs: list[Any]) -> dict[str, np.ndarray]:
+        """The graph's inputs for encodings, padded here to the longest when they are not already."""
+        n = max(len(e.ids) for e in encs)
+        if all(len(e.ids) == n for e in encs):
+            feed = {"input_ids": np.array([e.ids for e in encs], dtype=np.int64),
+                    "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
+                    "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64)}
+        else:
+            feed = {"input_ids": np.full((len(encs), n), int(self.config["pad_id"]), dtype=np.int64),
+                    "attention_mask": np.zeros((len(encs), n), dtype=np.int64),
+                    "token_type_ids": np.zeros((len(encs), n), dtype=np.int64)}
+            for i, e in enumerate(encs):
+                k = len(e.ids)
+                feed["input_ids"][i, :k] = e.ids
+                feed["attention_mask"][i, :k] = e.attention_mask
+                feed["token_type_ids"][i, :k] = e.type_ids
         return {k: feed[k] for k in self.inputs}
 
-    def _report(self, texts: list[str], cut: list[int], truncate: bool) -> None:
+    def windows(self, pairs: list[tuple[str, str]], stride: int) -> list[list[Any]]:
+        """Each (question, context) as windows of at most ``max_length`` tokens: the question whole in each,
+        the context cut into pieces that overlap by ``stride`` tokens (unpadded; :meth:`feed` pads them).
+        ``stride`` must be below each question's :meth:`room` (the caller checks: tokenizers panics).
+
+        A tokenizer per stride, built once: reconfiguring a shared one while another batch thread
+        encodes with it would change that batch's windows.
+        """
+        with self._lock:
+            tok = self._windowed.get(stride)
+            if tok is None:
+                from tokenizers import Tokenizer
+
+                tok = Tokenizer.from_str(self.tokenizer.to_str())
+                tok.no_padding()
+                tok.enable_truncation(max_length=self.max_length, stride=stride, strategy="only_second")
+                if len(self._windowed) >= WINDOWED_KEPT:  # clients choose strides: keep a few, not one each
+                    self._windowed.pop(next(iter(self._windowed)))
+                self._windowed[stride] = tok
+        return [[e, *e.overflowing] for e in tok.encode_batch(pairs)]
+
+    def report(self, texts: Sequence[TextInput], cut: list[int], truncate: bool) -> None:
+        """Warn of (``truncate``) or refuse the texts at indices ``cut``, which are over the limit."""
         counts = self.lengths([texts[i] for i in cut])
         limit = self.max_length
         if not truncate:
