@@ -44,3 +44,21 @@ def build_raw_models(root: Path, src: Path, builders: Iterable[tuple[str, Callab
         graph = builder(folder / f"{name}.onnx")
         (folder / "gpux.yml").write_text(f"name: {name}\nmodel: {{source: {graph.name}}}\n")
         assert cli("build", str(folder), env={"GPUX_HOME": str(root)}).returncode == 0
+
+
+def build_with_serving(tmp_path: Path, model_dir: Path, name: str, serving: str) -> dict[str, str]:
+    """Build ``model_dir``'s mlp.onnx as ``name`` with gpux.yml ``serving: {serving}`` into a store under
+    ``tmp_path``; returns the environment (GPUX_HOME set) to run `gpux serve` in."""
+    import os
+    import shutil
+
+    from conftest import gpux as cli
+
+    proj = tmp_path / "cfg"
+    proj.mkdir()
+    shutil.copy(model_dir / "mlp.onnx", proj / "mlp.onnx")
+    (proj / "gpux.yml").write_text(f"name: {name}\nmodel: {{source: mlp.onnx}}\nserving: {{{serving}}}\n")
+    env = {**os.environ, "GPUX_HOME": str(tmp_path / "home")}
+    assert cli("build", str(proj), env=env).returncode == 0
+    return env
+

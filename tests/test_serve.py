@@ -24,7 +24,7 @@ from gpux.serve.app import ServeSettings, create_app
 from gpux.serve.batcher import BatchConfig
 from gpux.serve.manager import ModelManager
 from gpux.store.local import Store
-from serve_helpers import LiveServer, build_raw_models
+from serve_helpers import LiveServer, build_raw_models, build_with_serving
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -295,13 +295,7 @@ def test_serve_takes_host_port_batch_size_and_instances_from_gpux_yml(tmp_path: 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proj = tmp_path / "cfg"
-    proj.mkdir()
-    shutil.copy(model_dir / "mlp.onnx", proj / "mlp.onnx")
-    (proj / "gpux.yml").write_text(f"name: served\nmodel: {{source: mlp.onnx}}\n"
-                                   f"serving: {{host: 127.0.0.1, port: {port}, batch_size: 4, instances: 2}}\n")
-    env = {**os.environ, "GPUX_HOME": str(tmp_path / "home")}
-    assert subprocess.run([sys.executable, "-m", "gpux", "build", str(proj)], env=env, capture_output=True).returncode == 0
+    env = build_with_serving(tmp_path, model_dir, "served", f"host: 127.0.0.1, port: {port}, batch_size: 4, instances: 2")
     proc = subprocess.Popen([sys.executable, "-m", "gpux", "serve", "served"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

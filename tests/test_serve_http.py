@@ -30,7 +30,7 @@ from gpux.serve.batcher import BatchConfig
 from gpux.serve.manager import ModelManager
 from gpux.serve.protocol import server_config
 from gpux.store.local import Store
-from serve_helpers import LiveServer, build_raw_models
+from serve_helpers import LiveServer, build_raw_models, build_with_serving
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 REPO = Path(__file__).resolve().parents[1]
@@ -486,16 +486,8 @@ def _listening(port: int) -> set[str]:
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the kernel's socket table")
 def test_gpux_yml_cannot_open_the_server_to_the_network(tmp_path: Path, model_dir: Path) -> None:
-    import shutil
-
     port = _free_port()
-    proj = tmp_path / "cfg"
-    proj.mkdir()
-    shutil.copy(model_dir / "mlp.onnx", proj / "mlp.onnx")
-    (proj / "gpux.yml").write_text(f"name: exposed\nmodel: {{source: mlp.onnx}}\n"
-                                   f"serving: {{host: 0.0.0.0, port: {port}}}\n")
-    env = {**os.environ, "GPUX_HOME": str(tmp_path / "home")}
-    assert cli("build", str(proj), env=env).returncode == 0
+    env = build_with_serving(tmp_path, model_dir, "exposed", f"host: 0.0.0.0, port: {port}")
     err = tmp_path / "stderr.txt"
     with open(err, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "gpux", "serve", "exposed"], env=env,

@@ -41,7 +41,8 @@ def bundle_or_pull(ref: str) -> Bundle:
 
     from gpux.errors import ModelNotFoundError
     from gpux.store import stats
-    from gpux.store.local import Store, home, looks_like_hub_id, resolve
+    from gpux.store.local import Store, home, looks_like_hub_id
+    from gpux.store.resolve import resolve
     from gpux.store.repair import MissingBlobError, get_or_repair
 
     def say(what: str, exc: Exception) -> None:

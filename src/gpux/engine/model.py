@@ -19,7 +19,8 @@ from gpux.engine import providers as _providers
 from gpux.engine.options import RuntimeOptions
 from gpux.engine.session import Graph
 from gpux.store.bundle import Bundle
-from gpux.store.local import Store, resolve
+from gpux.store.local import Store
+from gpux.store.resolve import resolve
 
 if TYPE_CHECKING:
     from gpux.tasks import Task
