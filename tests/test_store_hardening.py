@@ -103,7 +103,7 @@ def test_pull_of_a_path_or_file_says_what_it_is(tmp_path: Path, model_dir: Path,
         (["missing/deeper/folder"], 3, "no such file or folder"),
         (["model.onnx"], 3, "no such file or folder: model.onnx"),
         ([str(model_dir / "mlp.onnx")], 2, "gpux run FILE"),
-        ([str(tmp_path / "weights.gguf")], 2, "does not support GGUF"),
+        ([str(tmp_path / "weights.gguf")], 8, "is truncated or damaged"),  # GGUF magic, then nothing
         (["../../etc/passwd"], None, ""),
         (["My Model!"], 2, "neither a folder nor a Hugging Face id"),
     ]

@@ -14,6 +14,7 @@ import typer
 from gpux._version import __version__
 from gpux.cli import build as build_cmd
 from gpux.cli.bench import bench_app
+from gpux.cli import chat as chat_cmd
 from gpux.cli import common
 from gpux.cli import inspect as inspect_cmd
 from gpux.cli import pull as pull_cmd
@@ -51,6 +52,7 @@ def _root(
 
 app.command("pull", no_args_is_help=True)(pull_cmd.pull)
 app.command("run", no_args_is_help=True)(run_cmd.run)
+app.command("chat", no_args_is_help=True)(chat_cmd.chat)
 app.command("inspect", no_args_is_help=True)(inspect_cmd.inspect)
 app.command("build", no_args_is_help=True)(build_cmd.build)
 app.command("serve")(serve_cmd.serve)

@@ -50,10 +50,12 @@ def bundle_or_pull(ref: str) -> Bundle:
         why = "a stored file was missing" if missing else "a stored file was corrupt (deleted)"
         err_console().print(f"{what}: {why}; pulling it again", markup=False, highlight=False)
 
+    from gpux.registry.gguf import is_gguf
+
     folder = Path(ref).expanduser()
-    hf_folder = (folder / "config.json").is_file()
+    hf_folder = (folder / "config.json").is_file() or (folder.is_file() and is_gguf(folder))
     try:
-        if hf_folder:  # a Hugging Face folder: its stored conversion, if the content still matches
+        if hf_folder:  # a Hugging Face folder or GGUF file: its stored conversion, if the content still matches
             stored = _stored_folder(ref)
             if stored is None:
                 raise ModelNotFoundError(f"{ref} is not converted yet")
@@ -78,11 +80,23 @@ def bundle_or_pull(ref: str) -> Bundle:
 
 
 def _stored_folder(ref: str) -> str | None:
-    """``name:tag`` of the stored conversion of a local Hugging Face folder ``ref`` with its current content."""
-    from gpux.registry import local
-    from gpux.store.local import Store
+    """``name:tag`` of the stored conversion of a local Hugging Face folder (or GGUF file) ``ref`` with its
+    current content."""
+    import contextlib
+
+    from gpux.errors import GpuxError
+    from gpux.registry import gguf, local
+    from gpux.store.local import Store, sha256_file
 
     folder = Path(ref).expanduser()
+    if folder.is_file():  # a GGUF file: the conversion of the same bytes, wherever the file now lives
+        record = {"kind": "gguf", "sha256": sha256_file(folder)}
+        store = Store()
+        for name, tag in store.names():
+            with contextlib.suppress(GpuxError):
+                if gguf.same_source(store.manifest(f"{name}:{tag}").source, record) and tag == "text-generation":
+                    return f"{name}:{tag}"
+        return None
     if not (folder / "config.json").is_file():
         return None
     folder = folder.resolve()

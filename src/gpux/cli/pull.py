@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def pull(
-    model: str = typer.Argument(..., help="A Hugging Face id (org/name[@revision]) or a local HF-layout folder."),
+    model: str = typer.Argument(..., help="A Hugging Face id (org/name[@revision]), a local HF-layout folder or a .gguf file."),
     task: Optional[str] = typer.Option(None, "--task", help="Override the task read from the model's metadata."),  # noqa: UP007
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit sha."),  # noqa: UP007
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
@@ -127,10 +127,11 @@ def _stored(store: Store, located: Located, task: str | None) -> str | None:
     A pull hashes every blob whatever its stamp says (``full``): it is the
     command people run when something looks wrong, and a bad blob found here is
     deleted and converted again rather than reported "up to date". A local
-    folder matches by path and content (a re-saved folder converts again).
+    folder matches by path and content (a re-saved folder converts again); a
+    GGUF by its sha256 alone (the same bytes anywhere are the same model).
     """
     from gpux.errors import GpuxError
-    from gpux.registry import local
+    from gpux.registry import gguf, local
 
     name, source = located.name, located.source
     for tag in store.tags(name):
@@ -139,6 +140,7 @@ def _stored(store: Store, located: Located, task: str | None) -> str | None:
         try:
             stored = store.manifest(f"{name}:{tag}").source
             same = (local.same_content(stored, source, located.folder) if source.get("kind") == "local"
+                    else gguf.same_source(stored, source) if source.get("kind") == "gguf"
                     else stored == source)
             if same:
                 store.get(f"{name}:{tag}", full=True)  # a corrupt or missing blob means convert again

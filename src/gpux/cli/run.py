@@ -55,10 +55,10 @@ def run(
             start = time.perf_counter()
             answer = call()
             run_ms = (time.perf_counter() - start) * 1e3
-            result = {"model": m.name, "task": m.bundle.manifest.task,
-                      **(answer if task is not None else {"outputs": answer}),
-                      "providers": m.providers, "placement": m.placement,
-                      "timings": {"load_ms": m.load_ms, "run_ms": run_ms}}
+            answer = dict(answer) if task is not None else {"outputs": answer}
+            timings = {"load_ms": m.load_ms, **answer.pop("timings", {}), "run_ms": run_ms}
+            result = {"model": m.name, "task": m.bundle.manifest.task, **answer,
+                      "providers": m.providers, "placement": m.placement, "timings": timings}
     text = dump(result)
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")

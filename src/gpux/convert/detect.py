@@ -22,6 +22,8 @@ ARCH_SUFFIXES: dict[str, str] = {
     "ForTokenClassification": "token-classification",
     "ForQuestionAnswering": "question-answering",
     "ForMaskedLM": "fill-mask",
+    "ForCausalLM": "text-generation",
+    "LMHeadModel": "text-generation",  # GPT2LMHeadModel, OpenAIGPTLMHeadModel: checked before the bare "Model" rule
 }
 PIPELINE_TAGS: dict[str, str] = {
     "text-classification": "text-classification",
@@ -33,6 +35,7 @@ PIPELINE_TAGS: dict[str, str] = {
     "ner": "token-classification",
     "question-answering": "question-answering",
     "text-ranking": "text-ranking",
+    "text-generation": "text-generation",
 }
 #: config.json keys that sentence-transformers' CrossEncoder writes (v4+, and older versions).
 CROSS_ENCODER_KEYS = ("sentence_transformers", "sbert_ce_default_activation_function")

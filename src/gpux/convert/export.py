@@ -52,6 +52,8 @@ TASK_HEADS: dict[str, Head] = {
     "token-classification": Head("AutoModelForTokenClassification", ("logits",), True),
     "question-answering": Head("AutoModelForQuestionAnswering", ("start_logits", "end_logits"), True),
     "fill-mask": Head("AutoModelForMaskedLM", ("logits",), True),
+    # Exported with its key/value cache by gpux.convert.decoder (this row loads it and names the head).
+    "text-generation": Head("AutoModelForCausalLM", ("logits",), True),
 }
 OPSET = 18
 PARITY_MIN_COSINE = 0.999

@@ -14,7 +14,7 @@ from gpux.store.bundle import Bundle, Manifest
 from gpux.store.local import Store
 
 SUPPORTED_TASKS = ("feature-extraction", "text-classification", "text-ranking", "token-classification",
-                   "question-answering", "fill-mask")
+                   "question-answering", "fill-mask", "text-generation")
 #: Tasks whose outputs are scores over config.id2label.
 LABELLED_TASKS = ("text-classification", "token-classification", "text-ranking")
 #: Activation class name (last dotted part, lower-cased) in a CrossEncoder config -> task.json activation.
@@ -113,6 +113,9 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
     tok = _tokenizer_facts(folder, task)
     work = store.scratch("convert-")
     try:
+        if task == "text-generation":
+            return _convert_decoder(folder, name=name, source=source, config=config, tok=tok, work=Path(work),
+                                    allow_pickle=allow_pickle, store=store)
         exported = export(folder, task, Path(work) / "model.onnx", allow_pickle=allow_pickle)
         arch = exported.architecture
         task_cfg: dict[str, Any] = {
@@ -144,3 +147,40 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
         raise disk_full(store.root, exc, f"the conversion of {name}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _convert_decoder(folder: Path, *, name: str, source: dict[str, Any], config: dict[str, Any],
+                     tok: dict[str, Any], work: Path, allow_pickle: bool, store: Store) -> Bundle:
+    """A causal LM: the cache graph (gpux.convert.decoder) and the generation facts beside the tokenizer."""
+    import time
+
+    import torch
+    import transformers
+
+    from gpux.convert import decoder, generation
+    from gpux.convert.export import OPSET
+
+    start = time.perf_counter()
+    arch, geometry, exporter, parity, rejected, _ = decoder.export(folder, work / "model.onnx",
+                                                                  allow_pickle=allow_pickle, opset=OPSET)
+    max_length = _max_length(folder, config, 0)
+    task_cfg: dict[str, Any] = {
+        "task": "text-generation", "max_length": max_length, "inputs": geometry.input_names,
+        "output": "logits", "cache": geometry.as_json(), **tok,
+        "model_type": arch.model_type, "ort_model_type": arch.ort_model_type,
+        "ort_model_type_source": arch.ort_model_type_source,
+        "num_heads": int(config.get("num_attention_heads") or config.get("n_head") or 0),
+        "hidden_size": int(config.get("hidden_size") or config.get("n_embd") or 0),
+        "generation": generation.facts(folder, config, max_length),
+    }
+    (work / TASK_CONFIG).write_text(json.dumps(task_cfg, indent=2))
+    manifest = Manifest(
+        name=name, tag="text-generation", task="text-generation", graphs={"model": "model.onnx"},
+        assets={"tokenizer": "tokenizer.json", "task_config": TASK_CONFIG}, source=source,
+        conversion={"exporter": exporter, "rejected_exporters": rejected, "opset": OPSET, "dtype": "float32",
+                    "seconds": round(time.perf_counter() - start, 3), "parity": parity,
+                    "torch": torch.__version__, "transformers": transformers.__version__},
+    )
+    files = {"model.onnx": work / "model.onnx", "tokenizer.json": folder / "tokenizer.json",
+             TASK_CONFIG: work / TASK_CONFIG}
+    return store.publish(manifest, files, move=frozenset({"model.onnx", TASK_CONFIG}))

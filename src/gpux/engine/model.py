@@ -131,6 +131,26 @@ class Model:
         payload = dict(inputs) if isinstance(inputs, Mapping) else {"inputs": inputs}
         return task(payload)
 
+    def generate(self, prompt: str | list[str] | list[dict[str, str]], *, stream: bool = False,
+                 **parameters: Any) -> Any:
+        """Generate text from a text-generation model.
+
+        ``prompt`` is a prompt, a list of prompts, or a chat (a list of ``{"role", "content"}`` messages, to
+        which the model's chat template is applied). ``parameters`` are the generation parameters
+        (``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``, ``seed``, ``stop``...). With
+        ``stream=True`` (one prompt or chat) it returns an iterator of tokens as they are made (each has
+        ``.text``, ``.id``, ``.logprob``, ``.finish_reason``); otherwise what ``gpux run`` answers.
+        """
+        from gpux.errors import UsageError
+
+        task = self.task
+        if task is None or not hasattr(task, "stream"):
+            raise UsageError(f"model {self.name!r} is not a text-generation model ({self.bundle.manifest.task})",
+                             hint="use model(...) or model.predict(...) for its task")
+        chat = isinstance(prompt, list) and bool(prompt) and all(isinstance(m, dict) for m in prompt)
+        payload = {"messages" if chat else "inputs": prompt, "parameters": parameters}
+        return task.stream(payload) if stream else task(payload)
+
     def __call__(self, inputs: Any) -> dict[str, Any]:
         """``model(inputs)`` is :meth:`predict`."""
         return self.predict(inputs)

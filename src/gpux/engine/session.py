@@ -99,6 +99,12 @@ class Graph:
             self._placement = assigned_placement(self.session)
         return self._placement
 
+    def ran(self) -> None:
+        """Tell the graph its session ran outside :meth:`run` (an IOBinding loop): the first run's
+        placement is read then, and profiling stops, as after a first :meth:`run`."""
+        if self._profile_dir is not None:
+            self._finish_placement()
+
     def check(self, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
         """The validated, cast feed for ``inputs``; raises :class:`~gpux.errors.InputError`."""
         return self._plan.prepare(inputs)

@@ -46,6 +46,10 @@ def locate(ref: str, revision: str | None = None, allow_pickle: bool = False,
         folder = path.resolve()
         # The name is provisional: the caller picks the final one against the store (local.store_name).
         return Located(local.sanitize(folder.name), folder, local.source(folder))
+    from gpux.registry import gguf
+
+    if gguf.is_gguf(path):  # llama.cpp weights: rebuilt once as an HF folder under $GPUX_HOME/sources
+        return gguf.locate(path)
     local.not_a_model(ref)
     if not valid_name(repo):
         raise UsageError(f"{repo!r} is neither a folder nor a Hugging Face id",
@@ -81,4 +85,8 @@ def source_folder(source: dict[str, Any]) -> Path | None:
         except Exception:  # not in the cache (or the cache moved): the caller says what is missing
             return None
         return folder if (folder / "config.json").is_file() else None
+    if kind == "gguf":  # the folder rebuilt from the file, keyed by its sha256 (the file itself may be gone)
+        from gpux.registry import gguf
+
+        return gguf.cached_folder(str(source.get("sha256", "")))
     return None

@@ -33,8 +33,6 @@ PATTERNS = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_t
 FILE_KINDS: dict[str, tuple[str, str]] = {
     ".onnx": ("an ONNX model, already converted", "run it with gpux run FILE, or store it with gpux build DIR "
               "(a folder with a gpux.yml naming it)"),
-    ".gguf": ("a GGUF (llama.cpp) model", "gpux does not support GGUF yet; it converts Hugging Face "
-              "transformers folders (config.json + safetensors) and runs .onnx files"),
     ".safetensors": ("a weights file without its config", "pull the folder that holds it with config.json "
                      "and tokenizer.json"),
     ".bin": ("a weights file without its config", "pull the folder that holds it with config.json"),

@@ -30,7 +30,7 @@ def pull_args(manifest: Manifest) -> list[str] | None:
         args = [str(src["repo"])]
         if kind == "hf" and src.get("revision"):
             args += ["--revision", str(src["revision"])]
-    elif kind == "local" and src.get("path"):
+    elif kind in ("local", "gguf") and src.get("path"):
         args = [str(src["path"])]
     else:
         return None

@@ -22,6 +22,7 @@ TASKS: dict[str, str] = {
     "token-classification": "gpux.tasks.token_classification:TokenClassifier",
     "question-answering": "gpux.tasks.question_answering:QuestionAnswering",
     "text-ranking": "gpux.tasks.ranking:Ranker",
+    "text-generation": "gpux.tasks.generation:Generation",
 }
 
 

@@ -1,0 +1,165 @@
+"""The decode loop: prompts -> one cache graph run per token -> sampled tokens, text pieces, finish reasons.
+
+One batch of sequences moves together; each has its own sampling chain (:class:`~gpux.generate.sampling.Sampler`),
+stop matcher and streaming detokeniser, so requests with different parameters share a batch (what the
+server's scheduler builds on). The cache stays in onnxruntime's own buffers between steps: outputs are
+bound with an IOBinding and the ``present`` values of one step are bound as the ``past`` of the next, so no
+step copies the cache through numpy (and on a GPU it never leaves the device). Only the last position's
+logits come back to the host.
+
+Rows are left-padded (decoders continue from the right end); the attention mask marks padding and position
+ids count real tokens only, as transformers' ``generate`` does. A finished row keeps its place in the batch
+(its tokens are ignored) until the whole batch is done or the caller stops iterating.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gpux.generate.detok import StreamDecoder
+from gpux.generate.sampling import Sampler, SamplingParams, TokenChoice
+from gpux.generate.stops import StopMatcher
+
+
+def positions(mask: np.ndarray, new: int) -> np.ndarray:
+    """Position ids of the last ``new`` places of ``mask``, as transformers' ``generate`` computes them (the
+    running count of real tokens minus one; padded places read 1). The exporter's parity check uses it too."""
+    pos = np.cumsum(mask, axis=-1) - 1
+    pos[mask == 0] = 1
+    return pos[:, -new:].astype(np.int64)
+
+
+@dataclass
+class Sequence:
+    """One prompt's progress through the loop."""
+
+    prompt: list[int]
+    params: SamplingParams
+    sampler: Sampler
+    decoder: StreamDecoder
+    stops: StopMatcher
+    limit: int
+    tokens: list[int] = field(default_factory=list)
+    choices: list[TokenChoice] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """What one step produced for one sequence: the token, the text now final, and whether it finished."""
+
+    row: int
+    choice: TokenChoice
+    text: str
+    finish_reason: str | None
+
+
+class CacheLoop:
+    """Runs a cache graph (see gpux.convert.decoder) over a batch of sequences."""
+
+    def __init__(self, graph: Any, layers: list[tuple[int, int]], takes_positions: bool, device: str = "cpu") -> None:
+        self.graph = graph
+        self.session = session = graph.session
+        self.layers = layers
+        self.takes_positions = takes_positions
+        self.device = device
+        self.past_names = [f"past_key_values.{i}.{kv}" for i in range(len(layers)) for kv in ("key", "value")]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def empty_cache(self, batch: int) -> list[Any]:
+        from onnxruntime import OrtValue
+
+        return [OrtValue.ortvalue_from_numpy(np.zeros((batch, h, 0, d), np.float32), self.device)
+                for h, d in self.layers for _ in "kv"]
+
+    def step(self, ids: np.ndarray, mask: np.ndarray, past: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        """Logits of each row's last position, and the new cache (onnxruntime values, not copied)."""
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("attention_mask", mask)
+        if self.takes_positions:
+            io.bind_cpu_input("position_ids", positions(mask, ids.shape[1]))
+        for name, value in zip(self.past_names, past):
+            io.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            io.bind_output(name, self.device)
+        try:
+            self.session.run_with_iobinding(io)
+        except Exception as exc:
+            from gpux.errors import map_exceptions
+
+            with map_exceptions(f"running {self.graph.path.name}"):
+                raise exc
+        self.graph.ran()
+        logits, *present = io.get_outputs()
+        return np.asarray(logits.numpy()[:, -1, :], dtype=np.float32), present
+
+    def run(self, seqs: list[Sequence], pad_id: int, eos_ids: frozenset[int]) -> Iterator[list[Event]]:
+        """Yield, after every step, the events of the sequences still running (prefill is the first step)."""
+        width = max(len(s.prompt) for s in seqs)
+        ids = np.full((len(seqs), width), pad_id, np.int64)
+        mask = np.zeros((len(seqs), width), np.int64)
+        for row, s in enumerate(seqs):
+            ids[row, width - len(s.prompt):], mask[row, width - len(s.prompt):] = s.prompt, 1
+        past = self.empty_cache(len(seqs))
+        seen = [np.asarray(s.prompt, np.int64) for s in seqs]
+        while True:
+            logits, past = self.step(ids, mask, past)
+            events, nxt = [], np.zeros((len(seqs), 1), np.int64)
+            for row, s in enumerate(seqs):
+                if s.finish_reason is not None:
+                    nxt[row, 0] = pad_id
+                    continue
+                choice = s.sampler.step(logits[row], seen[row])
+                s.tokens.append(choice.id)
+                s.choices.append(choice)
+                seen[row] = np.append(seen[row], choice.id)
+                nxt[row, 0] = choice.id
+                events.append(_advance(row, s, choice, eos_ids))
+            if events:
+                yield events
+            if all(s.finish_reason is not None for s in seqs):
+                return
+            ids = nxt
+            mask = np.concatenate([mask, np.ones((len(seqs), 1), np.int64)], axis=1)
+
+
+def _advance(row: int, s: Sequence, choice: TokenChoice, eos_ids: frozenset[int]) -> Event:
+    """Detokenise the new token, match stop strings, decide whether ``s`` finished."""
+    if choice.id in eos_ids or choice.id in s.params.stop_token_ids:
+        s.finish_reason = "stop"
+        piece, _ = s.stops.push(s.decoder.flush())
+        piece += s.stops.flush()
+    else:
+        piece, hit = s.stops.push(s.decoder.push(choice.id))
+        if hit:
+            s.finish_reason = "stop"
+        elif len(s.tokens) >= s.limit:
+            s.finish_reason = "length"
+            tail, hit = s.stops.push(s.decoder.flush())
+            piece += tail + ("" if hit else s.stops.flush())
+    s.text += piece
+    return Event(row, choice, piece, s.finish_reason)
+
+
+@dataclass
+class Timings:
+    """Wall-clock marks of one generate call, in perf_counter seconds."""
+
+    start: float = field(default_factory=time.perf_counter)
+    first: float | None = None
+    end: float | None = None
+
+    def as_json(self, tokens: int) -> dict[str, float]:
+        end = self.end or time.perf_counter()
+        first = self.first or end
+        decode_s = end - first
+        rate = (tokens - 1) / decode_s if tokens > 1 and decode_s > 0 else 0.0
+        return {"ttft_ms": round((first - self.start) * 1e3, 3), "decode_tokens_per_s": round(rate, 2),
+                "total_ms": round((end - self.start) * 1e3, 3)}
