@@ -259,3 +259,50 @@ def test_chat_on_a_model_without_generation_says_what_to_use(lms: dict[str, Any]
     assert pulled.returncode == 0, pulled.stderr
     done = cli("chat", pulled.stdout.strip(), "hi")
     assert done.returncode == 2 and "not a text-generation one" in done.stderr and "gpux run" in done.stderr
+
+
+def test_quantised_variants_are_judged_by_agreement_and_perplexity(lms: dict[str, Any]) -> None:
+    """int8 and int4 (MatMulNBits blocks) stored with their numbers; a floor nothing can meet refuses, storing nothing."""
+    from conftest import gpux as cli
+
+    env = {"GPUX_HOME": str(lms["root"])}
+    folder = str(lms["src"]["llama"])
+    for precision in ("int8", "int4"):
+        done = cli("pull", folder, "--quantize", precision, "--min-agreement", "0", "--max-ppl-increase", "10", env=env)
+        assert done.returncode == 0, done.stderr
+        ref = done.stdout.strip().splitlines()[-1]
+        assert ref.endswith(f":text-generation-{precision}")
+        manifest = Store(lms["root"]).manifest(ref)
+        par = manifest.conversion["parity_vs_fp32"]
+        assert 0.0 <= par["agreement"] <= 1.0 and par["ppl_fp32"] > 1.0 and par["text_tokens"] > 50
+        assert par["ppl_increase"] == pytest.approx(par["ppl"] / par["ppl_fp32"] - 1.0)
+        nbits, fp32_weights = _matmuls(Store(lms["root"]).get(ref).graph_path())
+        assert nbits and not fp32_weights  # every weight MatMul quantised, the head too (8-bit)
+        out = gpux.load(ref, store=Store(lms["root"])).generate("Hello", max_new_tokens=4)
+        assert len(out["generations"][0]["token_ids"]) >= 1
+        again = cli("pull", folder, "--quantize", precision, "--min-agreement", "0", "--max-ppl-increase", "10", env=env)
+        assert "up to date" in again.stderr, again.stderr
+    refused = cli("pull", folder, "--quantize", "int4", "--max-ppl-increase", "-1", "--force", env=env)
+    assert refused.returncode == 7, refused.stderr
+    assert "perplexity" in refused.stderr and "agreement" in refused.stderr and "nothing was stored" in refused.stderr
+
+
+def _matmuls(path: Path) -> tuple[int, int]:
+    """(MatMulNBits nodes, MatMuls still multiplying by a stored fp32 weight)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    return (sum(n.op_type == "MatMulNBits" for n in graph.node),
+            sum(n.op_type == "MatMul" and n.input[1] in weights for n in graph.node))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--quantize", "int8-static"], "not offered for text-generation"),
+    (["--optimize", "O2"], "not offered for text-generation"),
+])
+def test_encoder_only_variants_are_refused_for_generation(lms: dict[str, Any], args: list[str], words: str) -> None:
+    from conftest import gpux as cli
+
+    done = cli("pull", str(lms["src"]["gpt2"]), *args, env={"GPUX_HOME": str(lms["root"])})
+    assert done.returncode == 2 and words in done.stderr, done.stderr

@@ -27,7 +27,10 @@ def pull(
                                            "calibrated static (QDQ) quantisation; int8-mixed: dynamic, with "
                                            "the fewest most sensitive nodes kept fp32 that reach cosine 0.99."),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Refuse a variant below this cosine."),  # noqa: UP007
-    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Classifiers: argmax agreement floor."),  # noqa: UP007
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Classifiers: argmax agreement floor; "  # noqa: UP007
+                                                  "text-generation: teacher-forced top-1 agreement with fp32."),
+    max_ppl_increase: Optional[float] = typer.Option(None, "--max-ppl-increase", help="Text-generation: refuse a "  # noqa: UP007
+                                                     "variant whose perplexity rises more than this (0.05 = 5%)."),
 ) -> None:
     """Pull MODEL and convert it; afterwards `gpux run MODEL` is instant."""
     from gpux.convert.optimize import Variant
@@ -83,11 +86,12 @@ def pull(
                       f"parity cosine {par['cosine_min']:.6f} max-abs {par['max_abs']:.2e}, "
                       f"converted in {conv['seconds']:.1f} s", markup=False, highlight=False)
     # A variant takes the model's lock itself (flock is per open file: never nest it).
-    typer.echo(ref if variant.empty else _variant(store, ref, variant, min_cosine, min_agreement, force))
+    typer.echo(ref if variant.empty else _variant(store, ref, variant, min_cosine, min_agreement, force,
+                                                  max_ppl_increase))
 
 
 def _variant(store: Store, base: str, variant: Any, min_cosine: float | None, min_agreement: float | None,
-             force: bool) -> str:
+             force: bool, max_ppl_increase: float | None = None) -> str:
     """``name:tag`` of ``variant`` of the stored ``base``, made unless an up-to-date one is stored."""
     from gpux.convert.optimize import floors, make_variant
     from gpux.errors import GpuxError
@@ -102,9 +106,14 @@ def _variant(store: Store, base: str, variant: Any, min_cosine: float | None, mi
             # Up to date: made from this base, and its measured parity meets the floors asked for now (a
             # variant stored under a looser --min-cosine is not what a stricter pull asks for).
             par = conversion.get("parity_vs_fp32") or {}
-            cos_floor, agree_floor = floors(variant, min_cosine, min_agreement)
-            agreement = par.get("argmax_agreement")
-            meets = par.get("cosine_min", -1.0) >= cos_floor and (1.0 if agreement is None else agreement) >= agree_floor
+            if "ppl_increase" in par:  # a text-generation variant: agreement and perplexity on a text
+                from gpux.convert import lm_variants
+
+                meets = lm_variants.meets(par, *lm_variants.floors(variant.precision, min_agreement, max_ppl_increase))
+            else:
+                cos_floor, agree_floor = floors(variant, min_cosine, min_agreement)
+                agreement = par.get("argmax_agreement")
+                meets = par.get("cosine_min", -1.0) >= cos_floor and (1.0 if agreement is None else agreement) >= agree_floor
             if conversion.get("base_digest") == base_digest and meets and not force:
                 store.get(ref)
                 console.print(f"{ref} is up to date", markup=False, highlight=False)
@@ -112,8 +121,14 @@ def _variant(store: Store, base: str, variant: Any, min_cosine: float | None, mi
         except GpuxError:
             pass
         with console.status(f"making {ref} (and checking it against fp32)"):
-            bundle = make_variant(base, variant, store=store, min_cosine=min_cosine, min_agreement=min_agreement)
+            bundle = make_variant(base, variant, store=store, min_cosine=min_cosine, min_agreement=min_agreement,
+                                  max_ppl_increase=max_ppl_increase)
     par = bundle.manifest.conversion["parity_vs_fp32"]
+    if "ppl_increase" in par:
+        console.print(f"made {ref}  ({store.size(bundle.manifest) / 1e6:.1f} MB) vs fp32: top-1 agreement "
+                      f"{par['agreement']:.1%}, perplexity {par['ppl_fp32']:.3f} -> {par['ppl']:.3f} "
+                      f"({par['ppl_increase']:+.2%})", markup=False, highlight=False)
+        return ref
     agree = f", argmax agreement {par['argmax_agreement']:.1%}" if "argmax_agreement" in par else ""
     size = store.size(bundle.manifest) / 1e6
     console.print(f"made {ref}  ({size:.1f} MB) vs fp32: cosine {par['cosine_min']:.5f}, max-abs {par['max_abs']:.2e}"

@@ -40,7 +40,7 @@ LEVELS = ("O1", "O2", "O3")
 #: Smallest cosine (and, for classifiers, argmax agreement) a variant may keep, by what it changes.
 TOLERANCE = {"fp32": (0.9999, 1.0), "fp16": (0.999, 0.99), "int8": (0.98, 0.95), "int8-static": (0.98, 0.95),
              "int8-mixed": (0.99, 0.95)}
-QUANTIZE = ("int8", "int8-static", "int8-mixed")
+QUANTIZE = ("int8", "int8-static", "int8-mixed", "int4")  # int4: text-generation (gpux.convert.lm_variants)
 
 SENTENCES = (
     "The film was a quiet triumph of patience and craft.", "I would not recommend this hotel to anyone.",
@@ -112,8 +112,8 @@ class Variant:
             raise UsageError(f"--dtype {self.dtype!r} is not supported", hint="use fp32 or fp16")
         if self.quantize is not None and self.quantize not in QUANTIZE:
             raise UsageError(f"--quantize {self.quantize!r} is not supported",
-                             hint="use int8 (dynamic), int8-static (calibrated) or int8-mixed "
-                                  "(dynamic, the most sensitive nodes kept fp32)")
+                             hint="use int8 (dynamic), int8-static (calibrated), int8-mixed "
+                                  "(dynamic, the most sensitive nodes kept fp32) or int4 (text-generation)")
         if self.dtype == "fp16" and self.quantize:
             raise UsageError(f"--dtype fp16 and --quantize {self.quantize} do not combine", hint="pick one")
 
@@ -335,11 +335,23 @@ def floors(variant: Variant, min_cosine: float | None = None, min_agreement: flo
 
 
 def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
-                 min_cosine: float | None = None, min_agreement: float | None = None) -> Bundle:
+                 min_cosine: float | None = None, min_agreement: float | None = None,
+                 max_ppl_increase: float | None = None) -> Bundle:
     """Derive ``variant`` from the stored fp32 model ``base_ref`` and store it next to it."""
     store = store or Store()
     base = store.get(base_ref)
     m = base.manifest
+    if m.task == "text-generation":  # judged by agreement and perplexity on a text (gpux.convert.lm_variants)
+        from gpux.convert import lm_variants
+
+        if variant.optimize or variant.dtype != "fp32" or variant.quantize not in lm_variants.QUANTIZE:
+            raise UsageError(f"the {variant.suffix()} variant is not offered for text-generation models",
+                             hint=f"use --quantize {' or --quantize '.join(lm_variants.QUANTIZE)}")
+        return lm_variants.make(base_ref, str(variant.quantize), store=store, min_agreement=min_agreement,
+                                max_ppl_increase=max_ppl_increase)
+    if variant.quantize == "int4":
+        raise UsageError("--quantize int4 is for text-generation models",
+                         hint="use --quantize int8, int8-static or int8-mixed for this model")
     task_cfg = json.loads((base.root / m.assets["task_config"]).read_text(encoding="utf-8"))
     cos_floor, agree_floor = floors(variant, min_cosine, min_agreement)
     work = store.scratch("variant-")
