@@ -306,3 +306,27 @@ def test_encoder_only_variants_are_refused_for_generation(lms: dict[str, Any], a
 
     done = cli("pull", str(lms["src"]["gpt2"]), *args, env={"GPUX_HOME": str(lms["root"])})
     assert done.returncode == 2 and words in done.stderr, done.stderr
+
+
+def test_gpux_bench_on_a_generation_model(lms: dict[str, Any], tmp_path: Path) -> None:
+    """TTFT percentiles, decode/prefill rates, ITL, RSS per engine; PyTorch's generate beside it; ratios."""
+    from conftest import gpux as cli
+
+    env = {"GPUX_HOME": str(lms["root"])}
+    done = cli("bench", lms["ref"]["llama"], "--precisions", "fp32,int8", "--seq-lens", "8", "--new-tokens", "6",
+               "--batch-sizes", "1,2", "--runs", "3", "--warmup", "1", "--threads", "1", "--baseline", "pytorch",
+               "--out", str(tmp_path / "out"), env=env)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "out" / "tiny-llama" / "results.json").read_text())
+    assert set(doc["engines"]) == {"gpux fp32", "gpux int8", "pytorch"}
+    for label, engine in doc["engines"].items():
+        assert engine["peak_rss_mb"] > 10 and engine["load_ms_median"] > 0
+        assert set(engine["points"]) == {"p8-n6-b1", "p8-n6-b2"}
+        for point in engine["points"].values():
+            assert point["runs"] == 3
+            assert 0 < point["ttft_ms"]["p50"] <= point["ttft_ms"]["p95"] <= point["ttft_ms"]["p99"]
+            assert point["decode_tokens_per_s"]["median"] >= point["decode_tokens_per_s"]["p5"] > 0
+            assert point["prefill_tokens_per_s"] > 0 and point["itl_p99_ms"] > 0
+    assert set(doc["ratios"]["gpux fp32/pytorch"]) == {"p8-n6-b1", "p8-n6-b2"}
+    assert doc["environment"]["isa"] is not None
+    assert "| gpux int8 | 8 | 6 | 2 |" in (tmp_path / "out" / "tiny-llama" / "report.md").read_text()

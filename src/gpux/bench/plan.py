@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from gpux.errors import UsageError
 
-Baseline = Literal["onnxruntime", "pytorch"]
-DTYPES = ("fp32", "fp16", "int8", "int8-static")
+Baseline = Literal["onnxruntime", "pytorch", "llamacpp"]
+DTYPES = ("fp32", "fp16", "int8", "int8-static", "int4")  # int4: text-generation
 LEVELS = ("O1", "O2", "O3")
 
 
@@ -49,7 +49,7 @@ def variant_of(label: str) -> Any:
     if not level and dtype == "fp32":
         return None
     return Variant(optimize=level or None, dtype="fp16" if dtype == "fp16" else "fp32",
-                   quantize=dtype if dtype.startswith("int8") else None)
+                   quantize=dtype if dtype.startswith("int") else None)
 
 
 class _Strict(BaseModel):
@@ -83,6 +83,8 @@ class Plan(_Strict):
     seq_lens: list[PositiveInt] = [128]
     precisions: list[str] = ["fp32"]
     baselines: list[Baseline] = ["onnxruntime", "pytorch"]
+    #: Tokens generated per run (text-generation models; their seq_lens are prompt lengths).
+    new_tokens: PositiveInt = 64
     runs: PositiveInt = 20
     warmup: int = Field(3, ge=0)
     warm_loads: int = Field(3, ge=0)

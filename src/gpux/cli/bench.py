@@ -87,6 +87,8 @@ def run(
     seq_lens: Optional[str] = typer.Option(None, "--seq-lens", help="Tokens per text, comma-separated (default 128)."),  # noqa: UP007
     precisions: Optional[str] = typer.Option(None, "--precisions", help="fp32, fp16, int8, int8-static; O2+int8 adds "  # noqa: UP007
                                              "graph fusions (default fp32). Missing variants are built."),
+    new_tokens: Optional[int] = typer.Option(None, "--new-tokens", min=1, help="Text-generation: tokens made per "  # noqa: UP007
+                                             "run (default 64); --seq-lens are then prompt lengths."),
     runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs per point (default 20)."),  # noqa: UP007
     warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="Untimed runs per point (default 3)."),  # noqa: UP007
     baseline: Optional[str] = typer.Option(None, "--baseline", help="onnxruntime,pytorch (default both) or none."),  # noqa: UP007
@@ -117,6 +119,7 @@ def run(
     plan = build_plan(models or [], suite, {
         "batch_sizes": split_list("--batch-sizes", batch_sizes, int),
         "seq_lens": split_list("--seq-lens", seq_lens, int), "precisions": split_list("--precisions", precisions),
+        "new_tokens": new_tokens,
         "runs": runs, "warmup": warmup, "baselines": split_list("--baseline", baseline), "threads": threads,
         "provider": provider, "input": input, "out": out, "min_cosine": min_cosine, "min_agreement": min_agreement})
     from gpux.cli.render import console as make_console
@@ -126,9 +129,14 @@ def run(
         targets = []
         for entry in plan.entries():
             bundle = common.bundle_or_pull(entry.model)
+            if bundle.manifest.task == "text-generation":
+                _bench_generation(plan, entry, bundle, console)
+                continue
             given = read_input(entry.input) if entry.input else None
             targets.append(Target(entry.model, bundle, entry, unit_of(bundle.manifest.task), given))
             make_points(targets[-1], Path(work))
+        if not targets:
+            return
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("bench", total=total_steps(plan, targets))
@@ -147,6 +155,32 @@ def run(
     if bad:
         for line in bad:
             console.print(f"failed: {line}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _bench_generation(plan: Any, entry: Any, bundle: Any, console: Any) -> None:
+    """A text-generation model: its own measurements (gpux.bench.generation), results in ``out/<name>``."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from gpux.bench import generation
+    from gpux.store.local import Store
+
+    explicit = plan.model_fields_set
+    batches = entry.batch_sizes if "batch_sizes" in explicit or not isinstance(plan.models[0], str) else [1]
+    prompts = entry.seq_lens if "seq_lens" in explicit else [32]
+    baselines = [b for b in plan.baselines if b != "onnxruntime"] if "baselines" in explicit else ["pytorch", "llamacpp"]
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task(f"bench {bundle.name}", total=None)
+        doc = generation.bench(bundle, prompt_lens=prompts, new_tokens=plan.new_tokens, batch_sizes=batches,
+                               precisions=entry.precisions, baselines=baselines, runs=plan.runs, warmup=plan.warmup,
+                               threads=plan.threads, store=Store(), min_agreement=plan.min_agreement,
+                               progress=lambda d, _n: bar.update(task, description=d))
+    paths = generation.write(doc, plan.out / bundle.name.replace("/", "--"))
+    console.print(generation.markdown(doc), markup=False, highlight=False, soft_wrap=True)
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}", markup=False, highlight=False, soft_wrap=True)
+    if any("error" in r for r in doc["engines"].values()):
         raise typer.Exit(1)
 
 

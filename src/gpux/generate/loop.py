@@ -116,6 +116,8 @@ class CacheLoop:
                 if s.finish_reason is not None:
                     nxt[row, 0] = pad_id
                     continue
+                if len(s.tokens) < s.params.min_new_tokens and eos_ids:
+                    logits[row, list(eos_ids)] = -np.inf  # as transformers' MinNewTokensLengthLogitsProcessor
                 choice = s.sampler.step(logits[row], seen[row])
                 s.tokens.append(choice.id)
                 s.choices.append(choice)

@@ -31,6 +31,7 @@ _MAX_TOP_LOGPROBS = 20
 # (type, example) per key: the example goes into every error about that key.
 _KEYS: dict[str, tuple[str, str]] = {
     "max_new_tokens": ("int", '"max_new_tokens": 128'),
+    "min_new_tokens": ("int", '"min_new_tokens": 64'),
     "do_sample": ("bool", '"do_sample": true'),
     "temperature": ("float", '"temperature": 0.7'),
     "top_k": ("int", '"top_k": 50'),
@@ -50,6 +51,8 @@ class SamplingParams:
     """How to pick tokens for one request. Defaults are greedy with no penalty."""
 
     max_new_tokens: int = 64
+    #: End-of-sequence tokens are masked until this many were made (transformers' min_new_tokens).
+    min_new_tokens: int = 0
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0
@@ -116,7 +119,7 @@ def _check(key: str, value: Any) -> Any:
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("must be an integer")
-        lo = {"max_new_tokens": 1, "top_k": 0, "seed": 0, "top_logprobs": 0}[key]
+        lo = {"max_new_tokens": 1, "min_new_tokens": 0, "top_k": 0, "seed": 0, "top_logprobs": 0}[key]
         if value < lo:
             raise bad(f"must be ≥ {lo}")
         if key == "top_logprobs" and value > _MAX_TOP_LOGPROBS:
