@@ -330,3 +330,17 @@ def test_gpux_bench_on_a_generation_model(lms: dict[str, Any], tmp_path: Path) -
     assert set(doc["ratios"]["gpux fp32/pytorch"]) == {"p8-n6-b1", "p8-n6-b2"}
     assert doc["environment"]["isa"] is not None
     assert "| gpux int8 | 8 | 6 | 2 |" in (tmp_path / "out" / "tiny-llama" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "OPTForCausalLM", "LlamaForCausalLM", "BertLMHeadModel"])
+def test_decoders_are_detected_as_text_generation(tmp_path: Path, arch: str) -> None:
+    from gpux.convert.detect import check_task, detect_task
+    from gpux.convert.pipeline import SUPPORTED_TASKS
+    from gpux.errors import ConvertError
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": [arch], "model_type": "x"}))
+    assert detect_task(tmp_path, SUPPORTED_TASKS) == "text-generation"  # not feature-extraction by its "Model" end
+    check_task(tmp_path, "text-generation")
+    with pytest.raises(ConvertError) as err:
+        check_task(tmp_path, "token-classification")
+    assert "text-generation" in (err.value.hint or "")

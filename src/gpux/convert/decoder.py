@@ -276,7 +276,39 @@ def greedy_agreement(model: Any, stepper: _OrtStepper, prompts: list[list[int]],
     return float((got == ref).mean())
 
 
-def export(folder: Path, out: Path, *, allow_pickle: bool = False, opset: int = 18,
+def fused_or_plain(model: Any, geometry: CacheGeometry, path: Path, pad: int, fusions: bool = True) -> dict[str, Any]:
+    """Parity of the fused graph (gpux.convert.decoder_fuse) when the pattern matches and it passes, which
+    then replaces ``path``; else of the plain export. Why the fast path was not taken is recorded."""
+    from gpux.convert.decoder_fuse import NoMatch, fuse
+
+    if not fusions:
+        return {**check_parity(model, geometry, path, pad), "fusion": {"applied": False, "why": "turned off"}}
+    cfg = model.config
+    heads = {h for h, _ in geometry.layers}
+    dims = {d for _, d in geometry.layers}
+    fused = path.with_name("fused.onnx")
+    try:
+        if len(heads) != 1 or len(dims) != 1:
+            raise NoMatch("layers differ in cache shape")
+        context = int(getattr(cfg, "max_position_embeddings", 0) or 8192)
+        report = fuse(str(path), str(fused), int(cfg.num_attention_heads), heads.pop(), dims.pop(),
+                      int(cfg.hidden_size), max_positions=context)
+        parity = check_parity(model, geometry, fused, pad)
+    except NoMatch as exc:
+        why = f"not the pattern: {exc}"
+    except ConvertError as exc:
+        why = f"rewritten graph missed parity: {exc.message}"
+    except Exception as exc:  # the rewrite or onnxruntime's optimizer failed: the plain graph still works
+        why = f"rewrite failed: {type(exc).__name__}: {str(exc)[:200]}"
+    else:
+        fused.replace(path)
+        return {**parity, "fusion": {"applied": True, **{k: v for k, v in report.items() if k != "ops"}}}
+    finally:
+        fused.unlink(missing_ok=True)
+    return {**check_parity(model, geometry, path, pad), "fusion": {"applied": False, "why": why}}
+
+
+def export(folder: Path, out: Path, *, allow_pickle: bool = False, opset: int = 18, fusions: bool = True,
            exporters: tuple[str, ...] = ("torchscript", "dynamo")) -> tuple[Any, CacheGeometry, str, dict[str, Any],
                                                                             dict[str, str], Any]:
     """Export the causal LM in ``folder`` to ``out``: (architecture, geometry, exporter, parity, rejected, config).
@@ -294,7 +326,7 @@ def export(folder: Path, out: Path, *, allow_pickle: bool = False, opset: int = 
     for kind in exporters:
         try:
             run_exporter(kind, model, geometry, out, opset)
-            parity = check_parity(model, geometry, out, pad)
+            parity = fused_or_plain(model, geometry, out, pad, fusions)
         except ConvertError as exc:
             rejected[kind] = exc.message
             continue

@@ -105,13 +105,14 @@ def blockwise(src: Path, dst: Path, bits: int) -> dict[str, Any]:
             "head_precision": "int8", "activations": "int8 per block (accuracy_level 4)" if level else "fp32"}
 
 
-def text_ids(base: Bundle) -> np.ndarray:
+def text_ids(base: Bundle, context: int) -> np.ndarray:
+    """The fixed text's tokens, at most the model's context (a small vocabulary makes many tokens)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(base.root / base.manifest.assets["tokenizer"]))
     tok.no_truncation()
     tok.no_padding()
-    return np.asarray(tok.encode(QUALITY_TEXT).ids, np.int64)
+    return np.asarray(tok.encode(QUALITY_TEXT).ids[:context], np.int64)
 
 
 def logits_on(path: Path, ids: np.ndarray, cache: dict[str, Any]) -> np.ndarray:
@@ -138,8 +139,8 @@ def perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
     return float(math.exp(nll.mean()))
 
 
-def judge(base: Bundle, candidate: Path, cache: dict[str, Any]) -> dict[str, Any]:
-    ids = text_ids(base)
+def judge(base: Bundle, candidate: Path, cache: dict[str, Any], context: int = 1 << 30) -> dict[str, Any]:
+    ids = text_ids(base, context)
     ref, got = logits_on(base.graph_path(), ids, cache), logits_on(candidate, ids, cache)
     ppl_ref, ppl_got = perplexity(ref, ids), perplexity(got, ids)
     return {"text_tokens": int(len(ids)), "agreement": float((ref.argmax(-1) == got.argmax(-1)).mean()),
@@ -166,7 +167,7 @@ def make(base_ref: str, precision: str, *, store: Store, min_agreement: float | 
         except Exception as exc:  # the quantisers raise many types
             raise ConvertError(f"making the {precision} variant failed: {type(exc).__name__}: {exc}",
                                hint="report this model") from exc
-        result = judge(base, out, task_cfg["cache"])
+        result = judge(base, out, task_cfg["cache"], int(task_cfg["max_length"]))
         result.update(threshold_agreement=agree_floor, threshold_ppl_increase=ppl_ceiling, **details)
         if not meets(result, agree_floor, ppl_ceiling):
             raise ConvertError(
