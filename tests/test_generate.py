@@ -259,6 +259,8 @@ def test_chat_on_a_model_without_generation_says_what_to_use(lms: dict[str, Any]
     assert pulled.returncode == 0, pulled.stderr
     done = cli("chat", pulled.stdout.strip(), "hi")
     assert done.returncode == 2 and "not a text-generation one" in done.stderr and "gpux run" in done.stderr
+    int4 = cli("pull", str(folder), "--quantize", "int4")
+    assert int4.returncode == 2 and "int4 is for text-generation models" in int4.stderr, int4.stderr
 
 
 def test_quantised_variants_are_judged_by_agreement_and_perplexity(lms: dict[str, Any]) -> None:

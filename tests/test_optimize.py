@@ -211,7 +211,7 @@ def test_calibration_text_is_held_apart_from_parity_text() -> None:
     assert Variant(optimize="O2", quantize="int8-static").suffix() == "o2-int8-static"
     assert Variant(quantize="int8-mixed").suffix() == Variant(quantize="int8-mixed").precision == "int8-mixed"
     with pytest.raises(UsageError) as err:
-        Variant(quantize="int4")
+        Variant(quantize="int3")
     assert all(word in str(err.value.hint) for word in ("int8", "int8-static", "int8-mixed"))
     with pytest.raises(UsageError, match="do not combine"):
         Variant(dtype="fp16", quantize="int8-static")

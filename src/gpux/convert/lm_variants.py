@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from gpux.errors import ConvertError, UsageError
-from gpux.store.bundle import Bundle, Manifest
+from gpux.store.bundle import Bundle
 from gpux.store.local import Store
 
 #: precision -> (min teacher-forced top-1 agreement, max relative perplexity increase).
@@ -175,15 +175,10 @@ def make(base_ref: str, precision: str, *, store: Store, min_agreement: float | 
                 f"(min {agree_floor:.0%}), perplexity {result['ppl_fp32']:.3f} -> {result['ppl']:.3f} "
                 f"({result['ppl_increase']:+.1%}, max {ppl_ceiling:+.0%})",
                 hint="nothing was stored; loosen --min-agreement / --max-ppl-increase to accept it")
-        manifest = Manifest(
-            name=m.name, tag=f"{m.tag}-{precision}", task=m.task, graphs=dict(m.graphs), assets=dict(m.assets),
-            source=dict(m.source), runtime=dict(m.runtime), serving=dict(m.serving),
-            conversion={**m.conversion, "dtype": precision, "optimize": None, "quantize": precision,
-                        "base": f"{m.name}:{m.tag}", "base_digest": m.files[m.graphs["model"]]["sha256"],
-                        "variant_seconds": round(time.perf_counter() - start, 3), "parity_vs_fp32": result})
-        graph_name = m.graphs["model"]
-        files = {name: store.blobs.path(e["sha256"]) for name, e in m.files.items() if name != graph_name}
-        files[graph_name] = out
-        return store.publish(manifest, files, move=frozenset({graph_name}))
+        from gpux.convert.optimize import publish_variant
+
+        return publish_variant(store, m, precision, out, {
+            "dtype": precision, "optimize": None, "quantize": precision,
+            "variant_seconds": round(time.perf_counter() - start, 3), "parity_vs_fp32": result})
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -395,18 +395,23 @@ def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
                 f"max-abs {result['max_abs']:.3g}" + (f", argmax agreement {result['argmax_agreement']:.1%} "
                                                      f"(min {agree_floor:.0%})" if "argmax_agreement" in result else ""),
                 hint="nothing was stored; loosen --min-cosine/--min-agreement to accept it")
-        tag = f"{m.tag}-{variant.suffix()}"
-        manifest = Manifest(
-            name=m.name, tag=tag, task=m.task, graphs=dict(m.graphs), assets=dict(m.assets), source=dict(m.source),
-            runtime=dict(m.runtime), serving=dict(m.serving),
-            conversion={**m.conversion, "dtype": variant.precision, "optimize": variant.optimize,
-                        "quantize": variant.quantize, "base": f"{m.name}:{m.tag}",
-                        "base_digest": m.files[m.graphs["model"]]["sha256"],
-                        "variant_seconds": round(time.perf_counter() - start, 3), "parity_vs_fp32": result,
-                        **({"int8_mixed": mixed} if mixed else {})})
-        graph_name = m.graphs["model"]
-        files = {name: store.blobs.path(e["sha256"]) for name, e in m.files.items() if name != graph_name}
-        files[graph_name] = current
-        return store.publish(manifest, files, move=frozenset({graph_name}))
+        return publish_variant(store, m, variant.suffix(), current, {
+            "dtype": variant.precision, "optimize": variant.optimize, "quantize": variant.quantize,
+            "variant_seconds": round(time.perf_counter() - start, 3), "parity_vs_fp32": result,
+            **({"int8_mixed": mixed} if mixed else {})})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def publish_variant(store: Store, m: Manifest, suffix: str, graph: Path, conversion: dict[str, Any]) -> Bundle:
+    """Store ``graph`` as ``<name>:<tag>-<suffix>``: the base's other files shared, its conversion record
+    extended with ``conversion`` and the base it was made from (name and graph digest)."""
+    manifest = Manifest(
+        name=m.name, tag=f"{m.tag}-{suffix}", task=m.task, graphs=dict(m.graphs), assets=dict(m.assets),
+        source=dict(m.source), runtime=dict(m.runtime), serving=dict(m.serving),
+        conversion={**m.conversion, "base": f"{m.name}:{m.tag}", "base_digest": m.files[m.graphs["model"]]["sha256"],
+                    **conversion})
+    graph_name = m.graphs["model"]
+    files = {name: store.blobs.path(e["sha256"]) for name, e in m.files.items() if name != graph_name}
+    files[graph_name] = graph
+    return store.publish(manifest, files, move=frozenset({graph_name}))

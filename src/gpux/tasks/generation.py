@@ -22,7 +22,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gpux.errors import InputError, ModelLoadError, UsageError
+from gpux.errors import InputError, UsageError
 from gpux.generate.loop import CacheLoop, Event, Sequence, Timings
 from gpux.generate.sampling import Sampler, SamplingParams, TokenChoice
 from gpux.tasks import parameters, texts
@@ -60,19 +60,10 @@ class Generation:
     answer_key = "generations"
 
     def __init__(self, model: Model) -> None:
-        import json
-
-        from tokenizers import Tokenizer
+        from gpux.tasks.text import read_assets
 
         self.model = model
-        bundle = model.bundle
-        try:
-            self.config: dict[str, Any] = json.loads(
-                (bundle.root / bundle.manifest.assets["task_config"]).read_text(encoding="utf-8"))
-            self.tokenizer = Tokenizer.from_file(str(bundle.root / bundle.manifest.assets["tokenizer"]))
-        except Exception as exc:  # tokenizers raises plain Exception for a bad file
-            raise ModelLoadError(f"bundle {bundle.name!r} lacks a readable tokenizer or task config: {exc}",
-                                 hint="pull the model again (gpux pull)") from exc
+        self.config, self.tokenizer = read_assets(model.bundle)
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         gen = self.config["generation"]

@@ -29,6 +29,19 @@ WINDOWED_KEPT = 4
 TextInput = str | tuple[str, str]
 
 
+def read_assets(bundle: Bundle) -> tuple[dict[str, Any], Any]:
+    """The bundle's task config and its ``tokenizers.Tokenizer``; :class:`ModelLoadError` if either is unreadable."""
+    from tokenizers import Tokenizer
+
+    try:
+        config: dict[str, Any] = json.loads(
+            (bundle.root / bundle.manifest.assets["task_config"]).read_text(encoding="utf-8"))
+        return config, Tokenizer.from_file(str(bundle.root / bundle.manifest.assets["tokenizer"]))
+    except Exception as exc:  # tokenizers raises plain Exception for a bad file
+        raise ModelLoadError(f"bundle {bundle.name!r} lacks a readable tokenizer or task config: {exc}",
+                             hint="pull the model again (gpux pull)") from exc
+
+
 class TruncationWarning(UserWarning):
     """A text was longer than the model takes and was cut to its limit (the CLI prints it on stderr)."""
 
@@ -43,15 +56,7 @@ class TextEncoder:
     """
 
     def __init__(self, bundle: Bundle) -> None:
-        from tokenizers import Tokenizer
-
-        try:
-            self.config: dict[str, Any] = json.loads(
-                (bundle.root / bundle.manifest.assets["task_config"]).read_text(encoding="utf-8"))
-            self.tokenizer = Tokenizer.from_file(str(bundle.root / bundle.manifest.assets["tokenizer"]))
-        except Exception as exc:  # tokenizers raises plain Exception for a bad file
-            raise ModelLoadError(f"bundle {bundle.name!r} lacks a readable tokenizer or task config: {exc}",
-                                 hint="pull the model again (gpux pull)") from exc
+        self.config, self.tokenizer = read_assets(bundle)
         self.tokenizer.enable_truncation(max_length=int(self.config["max_length"]))
         self.tokenizer.enable_padding(pad_id=int(self.config["pad_id"]), pad_token=self.config["pad_token"] or "[PAD]")
         self.inputs: list[str] = self.config["inputs"]
