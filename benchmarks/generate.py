@@ -265,8 +265,13 @@ def worker_quality(spec: dict[str, Any]) -> dict[str, Any]:
 
     store = Store()
     base = store.get(spec["refs"]["fp32"])
-    cache = json.loads((base.root / base.manifest.assets["task_config"]).read_text())["cache"]
-    ids = text_ids(base)
+    task_cfg = json.loads((base.root / base.manifest.assets["task_config"]).read_text())
+    cache = task_cfg["cache"]
+    import inspect
+
+    # text_ids(base) or, in later gpux, text_ids(base, context): the text cut to the model's context
+    takes_context = len(inspect.signature(text_ids).parameters) > 1
+    ids = text_ids(base, int(task_cfg["generation"]["context_length"])) if takes_context else text_ids(base)
     ref = logits_on(base.graph_path(), ids, cache)
     out: dict[str, Any] = {"text_tokens": len(ids), "text_chars": len(QUALITY_TEXT)}
 
@@ -346,6 +351,16 @@ def gguf_source() -> Path:
     return files[0]
 
 
+def converter_fingerprint() -> str:
+    """sha256 of gpux's converter source (src/gpux/convert/*.py): what the stored bundles depend on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "src" / "gpux" / "convert").glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def setup(work: Path, skip_genai: bool) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     state_file = work / "setup.json"
@@ -362,15 +377,23 @@ def setup(work: Path, skip_genai: bool) -> dict[str, Any]:
     state["gguf_q4_1"] = str(src)
     # gpux: fp32 then the two variants
     refs = state.setdefault("refs", {})
+    # The bundles are gpux's conversion output: made again (--force) when the converter's source changed.
+    print_ = converter_fingerprint()
+    stale = state.get("converter_fingerprint") != print_
+    if stale and refs:
+        notes.append("gpux bundles re-pulled: src/gpux/convert changed since they were made")
     for prec, extra in (("fp32", []), ("int8", ["--quantize", "int8"]), ("int4", ["--quantize", "int4"])):
-        if prec in refs:
+        if prec in refs and not stale:
             continue
         t = time.perf_counter()
         flags = ["--min-agreement", "0", "--max-ppl-increase", "10"] if extra else []
-        done = sh([VENV / "gpux", "pull", src, *extra, *flags], env=env)
+        force = ["--force"] if stale and prec in refs else []
+        done = sh([VENV / "gpux", "pull", src, *extra, *flags, *force], env=env)
         refs[prec] = done.stdout.strip().splitlines()[-1]
         seconds[f"gpux pull {prec}"] = round(time.perf_counter() - t, 1)
         save()
+    state["converter_fingerprint"] = print_
+    save()
     folders = [p.parent for p in (home / "sources").glob("gguf-*/config.json")]
     if len(folders) != 1:
         raise RuntimeError(f"expected one transformers folder under {home / 'sources'}, found {folders}")

@@ -276,6 +276,17 @@ def greedy_agreement(model: Any, stepper: _OrtStepper, prompts: list[list[int]],
     return float((got == ref).mean())
 
 
+def _share_tied_head(path: Path) -> None:
+    """One copy of a tied embedding for the lookup and the head (gpux.convert.weights)."""
+    import onnx
+
+    from gpux.convert.weights import share_tied_head
+
+    model = onnx.load(str(path))
+    if share_tied_head(model):
+        onnx.save(model, str(path))
+
+
 def fused_or_plain(model: Any, geometry: CacheGeometry, path: Path, pad: int, fusions: bool = True) -> dict[str, Any]:
     """Parity of the fused graph (gpux.convert.decoder_fuse) when the pattern matches and it passes, which
     then replaces ``path``; else of the plain export. Why the fast path was not taken is recorded."""
@@ -326,6 +337,7 @@ def export(folder: Path, out: Path, *, allow_pickle: bool = False, opset: int = 
     for kind in exporters:
         try:
             run_exporter(kind, model, geometry, out, opset)
+            _share_tied_head(out)
             parity = fused_or_plain(model, geometry, out, pad, fusions)
         except ConvertError as exc:
             rejected[kind] = exc.message

@@ -98,7 +98,9 @@ def blockwise(src: Path, dst: Path, bits: int) -> dict[str, Any]:
                                          algo_config=config, **which)
             quant.process()
             model = quant.model.model
-        onnx.save(model, str(dst))
+        from gpux.convert.weights import save
+
+        save(model, dst)
     finally:
         logging.disable(logging.NOTSET)
     return {"weights": f"int{bits} symmetric blocks of {BLOCK} (MatMulNBits)", "head": head,

@@ -411,7 +411,10 @@ def publish_variant(store: Store, m: Manifest, suffix: str, graph: Path, convers
         source=dict(m.source), runtime=dict(m.runtime), serving=dict(m.serving),
         conversion={**m.conversion, "base": f"{m.name}:{m.tag}", "base_digest": m.files[m.graphs["model"]]["sha256"],
                     **conversion})
+    from gpux.convert.weights import files_of
+
     graph_name = m.graphs["model"]
-    files = {name: store.blobs.path(e["sha256"]) for name, e in m.files.items() if name != graph_name}
-    files[graph_name] = graph
-    return store.publish(manifest, files, move=frozenset({graph_name}))
+    mine = files_of(graph, graph_name)  # the variant's graph, and its weights file when it has one
+    files = {name: store.blobs.path(e["sha256"]) for name, e in m.files.items()
+             if name not in (graph_name, graph_name + ".data")}
+    return store.publish(manifest, {**files, **mine}, move=frozenset(mine))

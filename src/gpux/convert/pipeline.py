@@ -174,6 +174,11 @@ def _convert_decoder(folder: Path, *, name: str, source: dict[str, Any], config:
         "generation": generation.facts(folder, config, max_length),
     }
     (work / TASK_CONFIG).write_text(json.dumps(task_cfg, indent=2))
+    import onnx
+
+    from gpux.convert import weights
+
+    weights.save(onnx.load(str(work / "model.onnx")), work / "model.onnx")  # large weights beside the graph
     manifest = Manifest(
         name=name, tag="text-generation", task="text-generation", graphs={"model": "model.onnx"},
         assets={"tokenizer": "tokenizer.json", "task_config": TASK_CONFIG}, source=source,
@@ -181,6 +186,6 @@ def _convert_decoder(folder: Path, *, name: str, source: dict[str, Any], config:
                     "seconds": round(time.perf_counter() - start, 3), "parity": parity,
                     "torch": torch.__version__, "transformers": transformers.__version__},
     )
-    files = {"model.onnx": work / "model.onnx", "tokenizer.json": folder / "tokenizer.json",
-             TASK_CONFIG: work / TASK_CONFIG}
-    return store.publish(manifest, files, move=frozenset({"model.onnx", TASK_CONFIG}))
+    graph = weights.files_of(work / "model.onnx", "model.onnx")
+    files = {**graph, "tokenizer.json": folder / "tokenizer.json", TASK_CONFIG: work / TASK_CONFIG}
+    return store.publish(manifest, files, move=frozenset({*graph, TASK_CONFIG}))

@@ -1,0 +1,91 @@
+"""How a large graph's weights sit on disk and in memory: tied output head shared, weights beside the graph.
+
+Both were measured on SmolLM2-135M (docs/generate.md):
+
+- a model whose output projection is its token embedding (``tie_word_embeddings``) is exported with the
+  embedding twice: once for the ``Gather`` that looks tokens up, once transposed for the ``MatMul`` that
+  makes logits (113 MB of 653 MB). :func:`share_tied_head` makes the head a ``Gemm`` with ``transB`` over
+  the embedding itself, so one copy serves both;
+- onnxruntime reading a graph whose weights are inside the protobuf holds the protobuf and the weights
+  it makes from it at once: peak RSS twice the weights (1021 MB at load). With the weights in a file
+  beside the graph (``model.onnx.data``) it reads them once: 679 MB. :func:`save` writes graphs over
+  :data:`EXTERNAL_OVER` that way; the store keeps the data file as a file of the bundle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Graphs whose weights pass this many bytes keep them in ``<graph>.data`` beside the graph.
+EXTERNAL_OVER = 64 << 20
+
+
+def data_file(graph: Path) -> Path:
+    return graph.with_name(graph.name + ".data")
+
+
+def share_tied_head(model: Any) -> bool:
+    """Rewrite ``logits = MatMul(h, E^T)`` as ``Gemm(h2d, E, transB=1)`` when ``E`` is the embedding a
+    ``Gather`` reads (same values); True if it did. ``model`` is an ``onnx.ModelProto``, changed in place."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    head = producers.get("logits")
+    if head is None or head.op_type != "MatMul" or head.input[1] not in inits:
+        return False
+    weight = numpy_helper.to_array(inits[head.input[1]])
+    if weight.ndim != 2:
+        return False
+    for node in g.node:
+        if node.op_type != "Gather" or node.input[0] not in inits or node.input[0] == head.input[1]:
+            continue
+        table = inits[node.input[0]]
+        if tuple(table.dims) != weight.shape[::-1] or not np.array_equal(numpy_helper.to_array(table), weight.T):
+            continue
+        hidden = weight.shape[0]
+        flat, shape, out2d = "logits/flat", "logits/shape", "logits/2d"
+        g.initializer.extend([numpy_helper.from_array(np.array([-1, hidden], np.int64), "logits/flat_shape")])
+        nodes = [
+            helper.make_node("Reshape", [head.input[0], "logits/flat_shape"], [flat], name="logits/Reshape2d"),
+            helper.make_node("Gemm", [flat, table.name], [out2d], transB=1, name="logits/TiedGemm"),
+            helper.make_node("Shape", [head.input[0]], [shape + "_h"], name="logits/ShapeH", end=-1),
+            helper.make_node("Constant", [], [shape + "_v"], name="logits/Vocab",
+                             value=numpy_helper.from_array(np.array([weight.shape[1]], np.int64))),
+            helper.make_node("Concat", [shape + "_h", shape + "_v"], [shape], axis=0, name="logits/ShapeOut"),
+            helper.make_node("Reshape", [out2d, shape], ["logits"], name="logits/Reshape3d"),
+        ]
+        index = list(g.node).index(head)
+        g.node.remove(head)
+        for offset, new in enumerate(nodes):
+            g.node.insert(index + offset, new)
+        if not any(head.input[1] in n.input for n in g.node):
+            g.initializer.remove(inits[head.input[1]])
+        return True
+    return False
+
+
+def save(model: Any, path: Path) -> list[Path]:
+    """Write ``model`` to ``path`` (weights beside it when large); the files written, graph first."""
+    import onnx
+
+    data = data_file(path)
+    data.unlink(missing_ok=True)
+    if model.ByteSize() <= EXTERNAL_OVER:
+        onnx.save(model, str(path))
+        return [path]
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+              size_threshold=1024)
+    return [path, data]
+
+
+def files_of(graph: Path, name: str) -> dict[str, Path]:
+    """``{name: graph}`` plus its data file under ``name + ".data"`` when it has one (what the store publishes)."""
+    files = {name: graph}
+    if data_file(graph).is_file():
+        files[name + ".data"] = data_file(graph)
+    return files
