@@ -281,6 +281,8 @@ def worker_quality(spec: dict[str, Any]) -> dict[str, Any]:
 
     out["gpux fp32"] = judge(ref)
     for p in ("int8", "int4"):
+        if p not in spec["refs"]:
+            continue
         par = store.manifest(spec["refs"][p]).conversion["parity_vs_fp32"]
         out[f"gpux {p}"] = {"agreement": par["agreement"], "ppl": par["ppl"], "ppl_fp32": par["ppl_fp32"],
                             "source": "manifest parity_vs_fp32"}
@@ -388,7 +390,14 @@ def setup(work: Path, skip_genai: bool) -> dict[str, Any]:
         t = time.perf_counter()
         flags = ["--min-agreement", "0", "--max-ppl-increase", "10"] if extra else []
         force = ["--force"] if stale and prec in refs else []
-        done = sh([VENV / "gpux", "pull", src, *extra, *flags, *force], env=env)
+        try:
+            done = sh([VENV / "gpux", "pull", src, *extra, *flags, *force], env=env)
+        except RuntimeError as exc:
+            if not extra:
+                raise
+            refs.pop(prec, None)  # a variant that cannot be made is reported, the rest still measured
+            notes.append(f"gpux {prec} variant could not be made: {str(exc).strip().splitlines()[-1][:400]}")
+            continue
         refs[prec] = done.stdout.strip().splitlines()[-1]
         seconds[f"gpux pull {prec}"] = round(time.perf_counter() - t, 1)
         save()
@@ -554,7 +563,7 @@ def engines(state: dict[str, Any], reps: int) -> dict[str, Any]:
     """name -> zero-argument callable running one measurement in a process of its own."""
     env = {"GPUX_HOME": state["home"]}
     out: dict[str, Any] = {}
-    for prec in ("fp32", "int8", "int4"):
+    for prec in [p for p in ("fp32", "int8", "int4") if p in state["refs"]]:
         spec = {"ref": state["refs"][prec], "reps": reps}
         out[f"gpux {prec}"] = lambda spec=spec: run_worker("gpux", spec, env=env)
     for name, path in state["ggufs"].items():

@@ -346,3 +346,31 @@ def test_decoders_are_detected_as_text_generation(tmp_path: Path, arch: str) -> 
     with pytest.raises(ConvertError) as err:
         check_task(tmp_path, "token-classification")
     assert "text-generation" in (err.value.hint or "")
+
+
+def test_weights_beside_the_graph_survive_store_variants_and_runs(lms: dict[str, Any], tmp_path: Path) -> None:
+    """A model stored with model.onnx.data (as large ones are): same tokens, and a variant reads the store's
+    hard-linked data file (onnx's own loader refuses hard links)."""
+    from conftest import gpux as cli
+
+    env = {"GPUX_HOME": str(tmp_path / "home"), "GPUX_EXTERNAL_OVER": "0"}
+    folder = str(lms["src"]["gpt2"])
+    pulled = cli("pull", folder, env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    ref = pulled.stdout.strip().splitlines()[-1]
+    store = Store(tmp_path / "home")
+    assert set(store.manifest(ref).files) >= {"model.onnx", "model.onnx.data"}
+    ops = _op_types(store.get(ref).graph_path())
+    assert "Gemm" in ops  # GPT-2 ties its head to the embedding: one copy, read by Gather and Gemm
+    mine = gpux.load(ref, store=store).generate(PROMPTS, max_new_tokens=12)["generations"]
+    theirs = _load(lms, "gpt2").generate(PROMPTS, max_new_tokens=12)["generations"]
+    assert [g["token_ids"] for g in mine] == [g["token_ids"] for g in theirs]
+    variant = cli("pull", folder, "--quantize", "int8", "--min-agreement", "0", "--max-ppl-increase", "10", env=env)
+    assert variant.returncode == 0, variant.stderr
+    assert "model.onnx.data" in store.manifest(variant.stdout.strip().splitlines()[-1]).files
+
+
+def _op_types(path: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}

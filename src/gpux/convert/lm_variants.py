@@ -81,13 +81,14 @@ def blockwise(src: Path, dst: Path, bits: int) -> dict[str, Any]:
     ``logits``) 8-bit whatever ``bits`` is (see the module docstring)."""
     import logging
 
-    import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     level = 4 if has_vnni() else None
     logging.disable(logging.WARNING)
     try:
-        model = onnx.load(str(src))
+        from gpux.convert.weights import load
+
+        model = load(src)
         head = lm_head(model)
         passes = [(bits, {"nodes_to_exclude": [head]} if head and bits != 8 else {})]
         if head and bits != 8:

@@ -161,9 +161,11 @@ def _convert_decoder(folder: Path, *, name: str, source: dict[str, Any], config:
     from gpux.convert.export import OPSET
 
     start = time.perf_counter()
-    arch, geometry, exporter, parity, rejected, _ = decoder.export(folder, work / "model.onnx",
-                                                                  allow_pickle=allow_pickle, opset=OPSET)
-    max_length = _max_length(folder, config, 0)
+    arch, geometry, exporter, parity, rejected, loaded = decoder.export(folder, work / "model.onnx",
+                                                                       allow_pickle=allow_pickle, opset=OPSET)
+    # The loaded config knows every family's name for its context (GPT-2 writes n_positions).
+    positions = getattr(loaded, "max_position_embeddings", None)
+    max_length = min(_max_length(folder, config, 0), *([int(positions)] if isinstance(positions, int) else []))
     task_cfg: dict[str, Any] = {
         "task": "text-generation", "max_length": max_length, "inputs": geometry.input_names,
         "output": "logits", "cache": geometry.as_json(), **tok,
