@@ -86,9 +86,10 @@ def blockwise(src: Path, dst: Path, bits: int) -> dict[str, Any]:
     level = 4 if has_vnni() else None
     logging.disable(logging.WARNING)
     try:
-        from gpux.convert.weights import load
+        from gpux.convert.weights import load, untie_head
 
         model = load(src)
+        untie_head(model)  # the head is quantised as a MatMul of its own (a copy, 8-bit)
         head = lm_head(model)
         passes = [(bits, {"nodes_to_exclude": [head]} if head and bits != 8 else {})]
         if head and bits != 8:

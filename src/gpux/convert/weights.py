@@ -76,6 +76,25 @@ def share_tied_head(model: Any) -> bool:
     return False
 
 
+def untie_head(model: Any) -> bool:
+    """Undo :func:`share_tied_head` (a transposed copy of the embedding for a MatMul head): what a quantiser
+    needs, since it quantises MatMuls and the quantised head is a copy anyway. True if it did."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    gemm = next((n for n in g.node if n.name == "logits/TiedGemm"), None)
+    if gemm is None:
+        return False
+    table = next(i for i in g.initializer if i.name == gemm.input[1])
+    g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(table).T),
+                                                 "logits/head_weight"))
+    index = list(g.node).index(gemm)
+    g.node.remove(gemm)
+    g.node.insert(index, helper.make_node("MatMul", [gemm.input[0], "logits/head_weight"], list(gemm.output),
+                                          name="logits/MatMul"))
+    return True
+
+
 def load(path: Path) -> Any:
     """``onnx.load`` of a stored graph, its weights read from ``<graph>.data`` by gpux itself.
 
