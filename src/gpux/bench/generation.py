@@ -95,12 +95,12 @@ def _run_llamacpp(spec: dict[str, Any]) -> Any:
     def once(point: dict[str, Any]) -> list[float]:
         llm.reset()
         marks = [time.perf_counter()]
-        llm.eval(_prompt(vocab, point["prompt_len"], 0))
-        for _ in range(point["new_tokens"]):
-            logits = llm.eval_logits[-1] if llm.eval_logits else llm._scores[llm.n_tokens - 1]
-            token = int(np.argmax(logits))
+        # llama.cpp's own token loop, greedy; it never stops at end-of-sequence, so exactly new_tokens come.
+        for _ in llm.generate(_prompt(vocab, point["prompt_len"], 0), top_k=1, temp=0.0, repeat_penalty=1.0,
+                              reset=True):
             marks.append(time.perf_counter())
-            llm.eval([token])
+            if len(marks) > point["new_tokens"]:
+                break
         return marks
 
     return once
