@@ -71,24 +71,39 @@ class CacheLoop:
         self.device = device
         self.past_names = [f"past_key_values.{i}.{kv}" for i in range(len(layers)) for kv in ("key", "value")]
         self.output_names = [o.name for o in session.get_outputs()]
+        self._device = _device(device)
 
     def empty_cache(self, batch: int) -> list[Any]:
         from onnxruntime import OrtValue
 
-        return [OrtValue.ortvalue_from_numpy(np.zeros((batch, h, 0, d), np.float32), self.device)
+        return [_raw(OrtValue.ortvalue_from_numpy(np.zeros((batch, h, 0, d), np.float32), self.device))
                 for h, d in self.layers for _ in "kv"]
 
     def step(self, ids: np.ndarray, mask: np.ndarray, past: list[Any]) -> tuple[np.ndarray, list[Any]]:
-        """Logits of each row's last position, and the new cache (onnxruntime values, not copied)."""
+        """Logits of each row's last position, and the new cache (onnxruntime values, not copied).
+
+        The cache values travel as onnxruntime's own C++ values (``_iobinding``, ``_ortvalue``): the
+        public wrappers cost ~120 Python objects per step for a 30-layer model, measured ~1 ms per token
+        with cProfile, a sixth of an int4 decode step.
+        """
         io = self.session.io_binding()
+        raw = getattr(io, "_iobinding", None)
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("attention_mask", mask)
         if self.takes_positions:
             io.bind_cpu_input("position_ids", positions(mask, ids.shape[1]))
-        for name, value in zip(self.past_names, past):
-            io.bind_ortvalue_input(name, value)
-        for name in self.output_names:
-            io.bind_output(name, self.device)
+        if raw is not None and self._device is not None:
+            for name, value in zip(self.past_names, past):
+                raw.bind_ortvalue_input(name, value)
+            for name in self.output_names:
+                raw.bind_output(name, self._device)
+        else:  # the public API, should onnxruntime move its internals
+            from onnxruntime import OrtValue
+
+            for name, value in zip(self.past_names, past):
+                io.bind_ortvalue_input(name, value if isinstance(value, OrtValue) else OrtValue(value))
+            for name in self.output_names:
+                io.bind_output(name, self.device)
         try:
             self.session.run_with_iobinding(io)
         except Exception as exc:
@@ -97,7 +112,7 @@ class CacheLoop:
             with map_exceptions(f"running {self.graph.path.name}"):
                 raise exc
         self.graph.ran()
-        logits, *present = io.get_outputs()
+        logits, *present = raw.get_outputs() if raw is not None and self._device is not None else io.get_outputs()
         return np.asarray(logits.numpy()[:, -1, :], dtype=np.float32), present
 
     def run(self, seqs: list[Sequence], pad_id: int, eos_ids: frozenset[int]) -> Iterator[list[Event]]:
@@ -130,6 +145,21 @@ class CacheLoop:
                 return
             ids = nxt
             mask = np.concatenate([mask, np.ones((len(seqs), 1), np.int64)], axis=1)
+
+
+def _raw(value: Any) -> Any:
+    """onnxruntime's C++ value inside its Python ``OrtValue`` wrapper (the value itself if there is none)."""
+    return getattr(value, "_ortvalue", value)
+
+
+def _device(name: str) -> Any:
+    """The C++ ``OrtDevice`` for ``name`` ("cpu", "cuda"), or None where onnxruntime's internals moved."""
+    try:
+        from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
+
+        return OrtDevice.make(name, 0)._get_c_device()
+    except (ImportError, AttributeError, TypeError):
+        return None
 
 
 def _advance(row: int, s: Sequence, choice: TokenChoice, eos_ids: frozenset[int]) -> Event:
