@@ -159,7 +159,7 @@ def markdown(r: dict[str, Any]) -> str:
     for name, m in r["models"].items():
         lines += [f"## {name} ({m['weights']} weights)", "",
                   "| variant | size MB | b1 ms (min–max) | b16 ms (min–max) | speed-up vs fp32 b1 / b16 | parity cosine_min "
-                  "| bench cosine min | argmax agree | nodes not dynamic int8 (sensitivity) |",
+                  "| bench cosine min | argmax agree | fp32 nodes kept (sensitivity) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for label, v in m["variants"].items():
             if "error" in v:
@@ -174,10 +174,9 @@ def markdown(r: dict[str, Any]) -> str:
             par = (v.get("parity_vs_fp32") or {}).get("cosine_min")
             agree = v.get("bench_argmax_agreement")
             mixed = v.get("int8_mixed")
-            block = (mixed or {}).get("int8_block_nodes", [])
-            kept = (f"{len(mixed['fp32_nodes'])} fp32, {len(block)} int8 in blocks of 32, of {mixed['quantisable_nodes']}"
+            kept = (f"{len(mixed['fp32_nodes'])} of {mixed['quantisable_nodes']}"
                     + "".join(f"; {n['name'].replace('/model/', '').replace('/MatMul', '')} ({n['sensitivity']:.1e})"
-                              for n in mixed["fp32_nodes"] + block) if mixed else "")
+                              for n in mixed["fp32_nodes"]) if mixed else "")
             lines.append(
                 f"| {label} | {v['size_mb']:.1f} | {l1['median']:.1f} ({l1['min']:.1f}–{l1['max']:.1f}) | "
                 f"{l16['median']:.0f} ({l16['min']:.0f}–{l16['max']:.0f}) | {ratio('1')} / {ratio('16')} | "

@@ -156,26 +156,20 @@ def test_minilm_int8_mixed_is_stored_over_its_floor_and_records_its_fp32_nodes(h
     graph = onnx.load(str(store.get(ref).graph_path()), load_external_data=False).graph
     nodes = {n.name: n for n in graph.node}
     floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
-    # The nodes dynamic int8 hurts most: kept fp32, or 8-bit in blocks of 32 where that still passes.
-    kept = [n["name"] for n in mixed["fp32_nodes"] + mixed["int8_block_nodes"]]
+    kept = [n["name"] for n in mixed["fp32_nodes"]]
     assert len(set(kept)) == len(kept) <= mixed["quantisable_nodes"] * mixed["max_fp32_share"]
-    assert not (mixed["fp32_nodes"] and mixed["int8_block_nodes"])  # one or the other
     for entry in mixed["fp32_nodes"]:
         node = nodes[entry["name"]]  # still there under its own name, in float
         assert node.op_type == entry["op_type"] == "MatMul" and node.input[1] in floats, entry
         assert entry["sensitivity"] > 0 and f"{entry['name']}_quant" not in nodes
-    for entry in mixed["int8_block_nodes"]:
-        assert entry["op_type"] == "MatMul" and entry["sensitivity"] > 0 and entry["name"] not in nodes
-        assert any(n.op_type == "MatMulNBits" and n.name.startswith(entry["name"]) for n in graph.node), entry
-    sens = [n["sensitivity"] for n in mixed["fp32_nodes"] + mixed["int8_block_nodes"]]
+    sens = [n["sensitivity"] for n in mixed["fp32_nodes"]]
     assert sens == sorted(sens, reverse=True)  # the most sensitive go first
     int8_matmuls = [n for n in graph.node if n.op_type == "MatMulInteger"]
     done, total = map(int, mixed["int8_of_quantisable_by_op"]["MatMul"].split("/"))
     assert len(int8_matmuls) == done == total - len(kept) and total == 36  # 6 layers x Q, K, V, O, up, down
     assert mixed["int8_nodes"] + len(kept) == mixed["quantisable_nodes"]
     # The search's record ends where the stored variant is: its last passing step is the parity stored.
-    step = -len(kept) if mixed["int8_block_nodes"] else len(kept)  # blockwise steps are recorded as -k
-    assert any(s["fp32_nodes"] == step and s["cosine_min"] >= 0.99 for s in mixed["search"])
+    assert any(s["fp32_nodes"] == len(kept) and s["cosine_min"] >= 0.99 for s in mixed["search"])
     info = json.loads(cli("inspect", ref, "--json", env=_env(home)).stdout)
     assert info["conversion"]["int8_mixed"]["fp32_nodes"] == mixed["fp32_nodes"]
     out = json.loads(cli("run", ref, "-i", '{"inputs": ["a b c"]}', env=_env(home)).stdout)

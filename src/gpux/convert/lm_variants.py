@@ -76,23 +76,12 @@ def lm_head(model: Any) -> str | None:
     return node.name if node is not None else None
 
 
-def nbits(model: Any, bits: int, **which: Any) -> Any:
-    """``model`` with its weight MatMuls (or those ``nodes_to_include`` / not ``nodes_to_exclude``) as
-    MatMulNBits: symmetric ``bits``-bit blocks of :data:`BLOCK`, int8 activations per block on VNNI CPUs."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    level = 4 if has_vnni() else None
-    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=level, bits=bits)
-    quant = MatMulNBitsQuantizer(model, bits=bits, block_size=BLOCK, is_symmetric=True, accuracy_level=level,
-                                 algo_config=config, **which)
-    quant.process()
-    return quant.model.model
-
-
 def blockwise(src: Path, dst: Path, bits: int) -> dict[str, Any]:
     """``bits``-bit symmetric blocks of 32 (MatMulNBits) for every MatMul; the head (the MatMul making
     ``logits``) 8-bit whatever ``bits`` is (see the module docstring)."""
     import logging
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     level = 4 if has_vnni() else None
     logging.disable(logging.WARNING)
@@ -106,7 +95,11 @@ def blockwise(src: Path, dst: Path, bits: int) -> dict[str, Any]:
         if head and bits != 8:
             passes.append((8, {"nodes_to_include": [head]}))
         for n, which in passes:
-            model = nbits(model, n, **which)
+            config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=level, bits=n)
+            quant = MatMulNBitsQuantizer(model, bits=n, block_size=BLOCK, is_symmetric=True, accuracy_level=level,
+                                         algo_config=config, **which)
+            quant.process()
+            model = quant.model.model
         from gpux.convert.weights import save
 
         save(model, dst)

@@ -143,31 +143,6 @@ def _sensitivities(src: Path, mixer: _Mixer, base: Bundle) -> dict[str, float]:
     return {name: one(name) for name in mixer.parts}
 
 
-def _blockwise_kept(dst: Path, kept: list[str], base: Bundle, is_classifier: bool, cos_floor: float,
-                    agree_floor: float, tried: dict[int, dict[str, Any]], k: int) -> list[str]:
-    """The nodes the search kept fp32, made 8-bit in blocks of 32 (MatMulNBits, activations quantised per
-    block on VNNI CPUs) where parity still holds: the outlier channels that one scale per activation tensor
-    cannot hold fit blocks of 32. On MiniLM (AVX-512 VNNI) every MatMul blockwise 8-bit measured cosine
-    0.99867 against plain int8's 0.97908, at int8's batch-1 speed but not its batch-16 speed, hence only
-    for the nodes dynamic int8 hurts. Returns the nodes made blockwise ([] when parity would drop below
-    the floors; ``dst`` then keeps them fp32). The search records it as ``fp32_nodes`` -k."""
-    if not kept:
-        return []
-    import onnx
-
-    from gpux.convert.lm_variants import nbits
-
-    candidate = dst.with_name(f"{dst.stem}-block.onnx")
-    onnx.save(nbits(onnx.load(str(dst)), 8, nodes_to_include=list(kept)), str(candidate))
-    result = parity(base, candidate, is_classifier)
-    tried[-k] = result  # recorded in the search as -k: the k kept nodes blockwise instead of fp32
-    if result["cosine_min"] >= cos_floor and result.get("argmax_agreement", 1.0) >= agree_floor:
-        candidate.replace(dst)
-        return kept
-    candidate.unlink(missing_ok=True)
-    return []
-
-
 def int8_mixed(src: Path, dst: Path, base: Bundle, is_classifier: bool, cos_floor: float,
                 agree_floor: float) -> dict[str, Any]:
     """Dynamic int8 with the fewest most-sensitive nodes kept fp32 that bring parity over the floors.
@@ -221,29 +196,18 @@ def int8_mixed(src: Path, dst: Path, base: Bundle, is_classifier: bool, cos_floo
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if check(mid) else (mid, hi)
         k = hi
-    block: list[str] = []
     if k == 0:
         all_int8.replace(dst)
     else:
+        int8_dynamic(src, dst, tuple(ranked[:k]))
         all_int8.unlink(missing_ok=True)
-        for kk in sorted({k, min(most, k + 2), min(most, k + 4)}):  # blockwise loses a little: room for more
-            int8_dynamic(src, dst, tuple(ranked[:kk]))
-            block = _blockwise_kept(dst, [n for n in ranked[:kk] if mixer.op_type[n] == "MatMul"], base,
-                                    is_classifier, cos_floor, agree_floor, tried, kk)
-            if block:
-                k = kk
-                break
-        else:
-            int8_dynamic(src, dst, tuple(ranked[:k]))
     counts: dict[str, list[int]] = {}
     for n in names:
         counts.setdefault(mixer.op_type[n], [0, 0])[1] += 1
         if n not in ranked[:k]:
             counts[mixer.op_type[n]][0] += 1
     return {
-        "fp32_nodes": [{"name": n, "op_type": mixer.op_type[n], "sensitivity": scores[n]} for n in ranked[:k]
-                       if n not in block],
-        "int8_block_nodes": [{"name": n, "op_type": mixer.op_type[n], "sensitivity": scores[n]} for n in block],
+        "fp32_nodes": [{"name": n, "op_type": mixer.op_type[n], "sensitivity": scores[n]} for n in ranked[:k]],
         "int8_nodes": len(names) - k, "quantisable_nodes": len(names),
         "int8_of_quantisable_by_op": {op: f"{a}/{b}" for op, (a, b) in sorted(counts.items())},
         "sensitivity": "mean (1 - cosine) vs fp32 over the CALIBRATION sentences of the output with only that "
