@@ -37,8 +37,9 @@ def chat(
     """Chat with MODEL: stream its answers to the terminal."""
     from gpux.engine.model import load
 
+    bundle = common.bundle_or_pull(model)  # a first pull is not "load duration"; it says so itself
     start = time.perf_counter()
-    m = load(common.bundle_or_pull(model), provider, intra_op_threads=threads, log_level=common.ort_log_level())
+    m = load(bundle, provider, intra_op_threads=threads, log_level=common.ort_log_level())
     task = m.task
     if task is None or m.bundle.manifest.task != "text-generation":
         raise UsageError(f"{m.name} is a {m.bundle.manifest.task or 'raw-tensor'} model, not a text-generation one",
