@@ -240,3 +240,26 @@ def test_pulled_gguf_answers_paris_greedily(built: tuple[Located, Path, float], 
     assert "Paris" in chat.stdout
     again = cli("pull", str(smollm2), env=env)
     assert again.returncode == 0 and "up to date" in again.stderr, again.stderr
+
+
+def test_prune_reclaims_gguf_sources_no_model_came_from(gpux_home: Path) -> None:
+    """An old source folder no manifest names goes; a fresh one (a pull may be converting it) and one a
+    stored model came from stay."""
+    import json
+    import os
+
+    from conftest import gpux as cli
+
+    sources = gpux_home / "sources"
+    old_unused, fresh_unused, used = (sources / f"gguf-{c * 16}" for c in "012")
+    for folder in (old_unused, fresh_unused, used):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"x" * 4096)
+    for folder in (old_unused, used):
+        os.utime(folder, (1_000_000_000, 1_000_000_000))
+    (gpux_home / "manifests" / "m").mkdir(parents=True)
+    (gpux_home / "manifests" / "m" / "text-generation.json").write_text(json.dumps(
+        {"files": {}, "source": {"kind": "gguf", "sha256": "2" * 64}}))
+    done = cli("prune")
+    assert done.returncode == 0, done.stderr
+    assert not old_unused.exists() and fresh_unused.is_dir() and used.is_dir()

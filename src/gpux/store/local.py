@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +40,9 @@ from gpux.store import scratch, stats
 from gpux.store.blobs import NO_SPACE, Blobs, CorruptBlobError, disk_full, stamp
 from gpux.store.bundle import MANIFEST, Bundle, Manifest
 from gpux.store.lock import file_lock
+
+#: A GGUF source folder no stored model came from is kept this long (a pull may be converting it).
+SOURCE_GRACE_S = 3600
 
 # A local name, or a Hugging Face id "org/name"; no segment may start with "." (no "..").
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
@@ -325,31 +329,46 @@ class Store:
             self.get(ref)  # records the fresh stamps
         return bad
 
-    def _live(self) -> tuple[set[str], set[str]]:
-        """Digests and bundle ids named by any manifest file, read as raw JSON.
+    def _live(self) -> tuple[set[str], set[str], set[str]]:
+        """Digests, bundle ids and source folders (``sources/gguf-<sha>``) named by any manifest file, read
+        as raw JSON.
 
         Raw, so a manifest this gpux cannot load (a newer schema, an invalid
         name) still protects its blobs from prune.
         """
         live: set[str] = set()
         live_bundles: set[str] = set()
+        live_sources: set[str] = set()
         base = self.root / "manifests"
         for path in base.rglob("*.json") if base.is_dir() else []:
             with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
-                files = json.loads(path.read_text(encoding="utf-8")).get("files") or {}
+                doc = json.loads(path.read_text(encoding="utf-8"))
+                files = doc.get("files") or {}
                 live.update(str(e["sha256"]) for e in files.values())
                 live_bundles.add(hashlib.sha256(json.dumps(sorted((k, v["sha256"]) for k, v in files.items()))
                                                 .encode()).hexdigest()[:20])
-        return live, live_bundles
+                source = doc.get("source") or {}
+                if source.get("kind") == "gguf":
+                    live_sources.add(f"gguf-{str(source.get('sha256'))[:16]}")
+        return live, live_bundles, live_sources
 
     def prune_scratch(self) -> int:
         """Delete leftovers under tmp/ of writers that died; returns bytes freed (see gpux.store.scratch)."""
         return scratch.prune(self.root / "tmp")
 
     def prune(self) -> int:
-        """Delete blobs and bundle folders no manifest names, and stale scratch; returns bytes freed."""
-        live, live_bundles = self._live()
+        """Delete blobs and bundle folders no manifest names, stale scratch, and GGUF source folders
+        (``sources/``) no stored model came from and untouched for an hour (a pull may be converting one
+        it just built); returns bytes freed."""
+        live, live_bundles, live_sources = self._live()
         freed = self.prune_scratch()
+        sources = self.root / "sources"
+        for folder in sources.glob("gguf-*") if sources.is_dir() else []:
+            with contextlib.suppress(OSError):
+                if folder.name not in live_sources and time.time() - folder.stat().st_mtime > SOURCE_GRACE_S:
+                    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+                    shutil.rmtree(folder)
+                    freed += size
         for digest, size in self.blobs.all().items():
             if digest not in live:
                 self.blobs.path(digest).unlink(missing_ok=True)
