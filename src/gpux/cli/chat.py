@@ -93,8 +93,9 @@ def _answer(gen: Generation, history: list[dict[str, str]], text: str, params: d
     timings = Timings()
     pieces: list[str] = []
     tokens = 0
-    prompt_tokens = len(gen.items(payload)[0].ids)
-    stream = gen.stream(payload, timings)
+    requests = gen.items(payload)
+    prompt_tokens = len(requests[0].ids)
+    stream = gen.stream_requests(requests, timings)
     try:
         for token in stream:
             tokens += 1

@@ -49,11 +49,10 @@ def facts(folder: Path, config: dict[str, Any], max_length: int) -> dict[str, An
     eos = _ids(gen.get("eos_token_id")) or _ids(config.get("eos_token_id"))
     bos = _ids(gen.get("bos_token_id")) or _ids(config.get("bos_token_id"))
     defaults = {k: gen[k] for k in SAMPLING_KEYS if k in gen and gen[k] is not None}
-    context = max_length
     return {
         "eos_token_ids": eos,
         "bos_token_id": bos[0] if bos else None,
-        "context_length": context,
+        "context_length": max_length,
         "defaults": defaults,
         "special_tokens": special_tokens(folder),
         "chat_template": find_template(folder),

@@ -152,6 +152,16 @@ def judge(base: Bundle, candidate: Path, cache: dict[str, Any], context: int = 1
             "max_abs": float(np.abs(ref - got).max())}
 
 
+def make_variant(base_ref: str, variant: Any, *, store: Store, min_agreement: float | None = None,
+                 max_ppl_increase: float | None = None) -> Bundle:
+    """``gpux pull --quantize`` on a text-generation model: only ``int8`` / ``int4``, without --optimize/--dtype."""
+    if variant.optimize or variant.dtype != "fp32" or variant.quantize not in QUANTIZE:
+        raise UsageError(f"the {variant.suffix()} variant is not offered for text-generation models",
+                         hint=f"use --quantize {' or --quantize '.join(QUANTIZE)}")
+    return make(base_ref, str(variant.quantize), store=store, min_agreement=min_agreement,
+                max_ppl_increase=max_ppl_increase)
+
+
 def make(base_ref: str, precision: str, *, store: Store, min_agreement: float | None = None,
          max_ppl_increase: float | None = None) -> Bundle:
     """Derive ``precision`` (int8 or int4) from the stored fp32 text-generation model ``base_ref``."""
@@ -179,7 +189,7 @@ def make(base_ref: str, precision: str, *, store: Store, min_agreement: float | 
                 f"(min {agree_floor:.0%}), perplexity {result['ppl_fp32']:.3f} -> {result['ppl']:.3f} "
                 f"({result['ppl_increase']:+.1%}, max {ppl_ceiling:+.0%})",
                 hint="nothing was stored; loosen --min-agreement / --max-ppl-increase to accept it")
-        from gpux.convert.optimize import publish_variant
+        from gpux.convert.variants import publish_variant
 
         return publish_variant(store, m, precision, out, {
             "dtype": precision, "optimize": None, "quantize": precision,

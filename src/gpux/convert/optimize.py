@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from gpux.errors import ConvertError, GpuxError, UsageError
-from gpux.store.bundle import Bundle, Manifest
+from gpux.store.bundle import Bundle
 from gpux.store.local import Store
 
 LEVELS = ("O1", "O2", "O3")
@@ -341,14 +341,11 @@ def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
     store = store or Store()
     base = store.get(base_ref)
     m = base.manifest
-    if m.task == "text-generation":  # judged by agreement and perplexity on a text (gpux.convert.lm_variants)
+    if m.task == "text-generation":  # judged by agreement and perplexity on a text
         from gpux.convert import lm_variants
 
-        if variant.optimize or variant.dtype != "fp32" or variant.quantize not in lm_variants.QUANTIZE:
-            raise UsageError(f"the {variant.suffix()} variant is not offered for text-generation models",
-                             hint=f"use --quantize {' or --quantize '.join(lm_variants.QUANTIZE)}")
-        return lm_variants.make(base_ref, str(variant.quantize), store=store, min_agreement=min_agreement,
-                                max_ppl_increase=max_ppl_increase)
+        return lm_variants.make_variant(base_ref, variant, store=store, min_agreement=min_agreement,
+                                        max_ppl_increase=max_ppl_increase)
     if variant.quantize == "int4":
         raise UsageError("--quantize int4 is for text-generation models",
                          hint="use --quantize int8, int8-static or int8-mixed for this model")
@@ -395,26 +392,11 @@ def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
                 f"max-abs {result['max_abs']:.3g}" + (f", argmax agreement {result['argmax_agreement']:.1%} "
                                                      f"(min {agree_floor:.0%})" if "argmax_agreement" in result else ""),
                 hint="nothing was stored; loosen --min-cosine/--min-agreement to accept it")
+        from gpux.convert.variants import publish_variant
+
         return publish_variant(store, m, variant.suffix(), current, {
             "dtype": variant.precision, "optimize": variant.optimize, "quantize": variant.quantize,
             "variant_seconds": round(time.perf_counter() - start, 3), "parity_vs_fp32": result,
             **({"int8_mixed": mixed} if mixed else {})})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def publish_variant(store: Store, m: Manifest, suffix: str, graph: Path, conversion: dict[str, Any]) -> Bundle:
-    """Store ``graph`` as ``<name>:<tag>-<suffix>``: the base's other files shared, its conversion record
-    extended with ``conversion`` and the base it was made from (name and graph digest)."""
-    manifest = Manifest(
-        name=m.name, tag=f"{m.tag}-{suffix}", task=m.task, graphs=dict(m.graphs), assets=dict(m.assets),
-        source=dict(m.source), runtime=dict(m.runtime), serving=dict(m.serving),
-        conversion={**m.conversion, "base": f"{m.name}:{m.tag}", "base_digest": m.files[m.graphs["model"]]["sha256"],
-                    **conversion})
-    from gpux.convert.weights import files_of
-
-    graph_name = m.graphs["model"]
-    mine = files_of(graph, graph_name)  # the variant's graph, and its weights file when it has one
-    files = {name: store.blobs.path(e["sha256"]) for name, e in m.files.items()
-             if name not in (graph_name, graph_name + ".data")}
-    return store.publish(manifest, {**files, **mine}, move=frozenset(mine))

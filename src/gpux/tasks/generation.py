@@ -136,7 +136,7 @@ class Generation:
             yield seqs, events
 
     def run_counted(self, items: list[Request], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
-        answers, timings = self.generate(items)
+        answers, _ = self.generate(items)
         return answers, [len(r.ids) + len(a["token_ids"]) for r, a in zip(items, answers)]
 
     def run_batch(self, items: list[Request], truncate: bool | None = None) -> list[Any]:
@@ -169,7 +169,10 @@ class Generation:
 
     def stream(self, payload: dict[str, Any], timings: Timings | None = None) -> Generator[Token, None, None]:
         """The tokens of one prompt (or chat) as they are generated; ``timings`` (if given) is filled in."""
-        requests = self.items(payload)
+        return self.stream_requests(self.items(payload), timings)
+
+    def stream_requests(self, requests: list[Request], timings: Timings | None = None) -> Generator[Token, None, None]:
+        """:meth:`stream` for a request already tokenized (``gpux chat`` counts its prompt tokens first)."""
         if len(requests) != 1:
             raise UsageError(f"streaming takes one prompt, not {len(requests)}",
                              hint="stream the prompts one at a time, or generate them together without stream")
