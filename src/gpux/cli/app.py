@@ -16,6 +16,7 @@ from gpux.cli import build as build_cmd
 from gpux.cli.bench import bench_app
 from gpux.cli import chat as chat_cmd
 from gpux.cli import common
+from gpux.cli import info as info_cmd
 from gpux.cli import inspect as inspect_cmd
 from gpux.cli import pull as pull_cmd
 from gpux.cli import run as run_cmd
@@ -61,6 +62,7 @@ app.command("rm", no_args_is_help=True)(store_cmds.rm)
 app.command("prune")(store_cmds.prune)
 app.command("validate", no_args_is_help=True)(validate_cmd.validate)
 app.command("verify")(verify_cmd.verify)
+app.command("info")(info_cmd.info)
 app.add_typer(bench_app, name="bench")
 
 

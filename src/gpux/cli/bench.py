@@ -39,14 +39,19 @@ def _read(path: Path) -> dict[str, Any]:
 def compare(
     base: Path = typer.Argument(..., help="The baseline results JSON."),
     new: Path = typer.Argument(..., help="The results JSON to judge."),
-    latency: float = typer.Option(0.50, "--latency", help="Allowed latency increase (0.5 = +50%)."),
-    throughput: float = typer.Option(0.15, "--throughput", help="Allowed throughput drop."),
-    memory: float = typer.Option(0.25, "--memory", help="Allowed memory increase."),
-    ttft: float = typer.Option(0.20, "--ttft", help="Allowed time-to-first-token increase."),
-    tokens_per_s: float = typer.Option(0.15, "--tokens-per-s", help="Allowed tokens/s drop."),
+    latency: float = typer.Option(0.50, "--latency", "--api-latency", min=0.0, help="Allowed increase of a "
+                                  "latency: per call, inter-token, load (0.5 = +50%)."),
+    throughput: float = typer.Option(0.15, "--throughput", min=0.0, help="Allowed throughput drop (items/s)."),
+    memory: float = typer.Option(0.25, "--memory", min=0.0, help="Allowed memory increase."),
+    ttft: float = typer.Option(0.20, "--ttft", min=0.0, help="Allowed time-to-first-token increase."),
+    tokens_per_s: float = typer.Option(0.15, "--tokens-per-s", min=0.0, help="Allowed tokens/s drop (decode, "
+                                       "prefill)."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
-    """Compare NEW against BASE; exit 1 if any metric regresses past its gate and its noise."""
+    """Compare NEW against BASE; exit 1 if any metric regresses past its gate and its noise.
+
+    Generation results are understood too: TTFT and tokens/s percentiles are gated by --ttft and --tokens-per-s.
+    """
     from gpux.bench.compare import compare as run_compare
     from gpux.bench.compare import regressions
 

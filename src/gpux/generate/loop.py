@@ -48,6 +48,20 @@ class Sequence:
     choices: list[TokenChoice] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    _seen: np.ndarray | None = None
+    _filled: int = 0
+
+    def seen(self) -> np.ndarray:
+        """Prompt and generated ids so far (the repetition penalty's history), grown without re-copying."""
+        n, p = len(self.prompt) + len(self.tokens), len(self.prompt)
+        if self._seen is None or len(self._seen) < n:
+            self._seen = np.empty(max(64, 2 * n), np.int64)
+            self._seen[:p] = self.prompt
+            self._filled = p
+        while self._filled < n:
+            self._seen[self._filled] = self.tokens[self._filled - p]
+            self._filled += 1
+        return self._seen[:n]
 
 
 @dataclass(frozen=True)
@@ -123,7 +137,6 @@ class CacheLoop:
         for row, s in enumerate(seqs):
             ids[row, width - len(s.prompt):], mask[row, width - len(s.prompt):] = s.prompt, 1
         past = self.empty_cache(len(seqs))
-        seen = [np.asarray(s.prompt, np.int64) for s in seqs]
         while True:
             logits, past = self.step(ids, mask, past)
             events, nxt = [], np.zeros((len(seqs), 1), np.int64)
@@ -131,14 +144,8 @@ class CacheLoop:
                 if s.finish_reason is not None:
                     nxt[row, 0] = pad_id
                     continue
-                if len(s.tokens) < s.params.min_new_tokens and eos_ids:
-                    logits[row, list(eos_ids)] = -np.inf  # as transformers' MinNewTokensLengthLogitsProcessor
-                choice = s.sampler.step(logits[row], seen[row])
-                s.tokens.append(choice.id)
-                s.choices.append(choice)
-                seen[row] = np.append(seen[row], choice.id)
-                nxt[row, 0] = choice.id
-                events.append(_advance(row, s, choice, eos_ids))
+                events.append(choose(row, s, logits[row], eos_ids))
+                nxt[row, 0] = s.tokens[-1]
             if events:
                 yield events
             if all(s.finish_reason is not None for s in seqs):
@@ -160,6 +167,18 @@ def _device(name: str) -> Any:
         return OrtDevice.make(name, 0)._get_c_device()
     except (ImportError, AttributeError, TypeError):
         return None
+
+
+def choose(row: int, s: Sequence, logits: np.ndarray, eos_ids: frozenset[int]) -> Event:
+    """Sample ``s``'s next token from its row of ``logits`` (changed in place), record it, say what it made.
+
+    One place for the per-row work, so the offline loop and the server's scheduler pick tokens alike."""
+    if len(s.tokens) < s.params.min_new_tokens and eos_ids:
+        logits[list(eos_ids)] = -np.inf  # as transformers' MinNewTokensLengthLogitsProcessor
+    choice = s.sampler.step(logits, s.seen())
+    s.tokens.append(choice.id)
+    s.choices.append(choice)
+    return _advance(row, s, choice, eos_ids)
 
 
 def _advance(row: int, s: Sequence, choice: TokenChoice, eos_ids: frozenset[int]) -> Event:

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 
 from gpux import errors
 from gpux.engine.providers import alias_of
+from gpux.generate.scheduler import CacheFullError, GenerationTimeoutError, SchedulerClosedError
 from gpux.serve.admission import Admission
 from gpux.serve.batcher import BatchTiming, ClientGoneError, ModelUnloadedError, QueueFullError, RequestTooLargeError
 from gpux.serve.manager import Loaded, ModelManager, ModelTooLargeError
@@ -63,7 +64,7 @@ class BodyTimeoutError(errors.UsageError):
 
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
-    (QueueFullError, 429), (RequestTooLargeError, 413), (ModelUnloadedError, 503), (ClientGoneError, 499),
+    (QueueFullError, 429), (CacheFullError, 429), (GenerationTimeoutError, 504), (SchedulerClosedError, 503), (RequestTooLargeError, 413), (ModelUnloadedError, 503), (ClientGoneError, 499),
     (BodyTimeoutError, 408), (BodyTooLargeError, 413), (ModelTooLargeError, 507), (errors.ModelNotFoundError, 404),
     (errors.InputError, 400), (errors.UsageError, 400), (errors.ProviderError, 503),
     (asyncio.TimeoutError, 504), (errors.GpuxError, 500),
@@ -256,11 +257,30 @@ def create_app(manager: ModelManager, settings: ServeSettings | None = None) -> 
         err = errors.UsageError(f"{where}: {first.get('msg')}", hint="see the API docs for the request shape")
         return JSONResponse(error_body(request, err, 400), status_code=400)
 
-    from gpux.serve import compat, native, rerank
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
+        """No bare 404/405: gpux's error body, with the routes there are (an unknown path) or the methods."""
+        if exc.status_code == 404:
+            paths = [(str(getattr(r, "path", "")), getattr(r, "methods", None) or ()) for r in app.routes]
+            routes = sorted({f"{m} {p}" for p, methods in paths for m in methods
+                             if m != "HEAD" and not p.startswith(("/docs", "/redoc", "/openapi"))})
+            err = errors.UsageError(f"no route {request.method} {request.url.path}",
+                                    hint="routes: " + ", ".join(routes) + "; API docs at /docs")
+        else:
+            err = errors.UsageError(f"{request.method} {request.url.path}: {exc.detail}",
+                                    hint=f"allowed: {exc.headers.get('Allow', '?') if exc.headers else '?'}")
+        return FastJSON(error_body(request, err, exc.status_code), status_code=exc.status_code, headers=exc.headers)
+
+    from gpux.serve import compat, generate_routes, native, ollama_gen, openai_gen, rerank
 
     native.register(app)
     compat.register(app)
     rerank.register(app)
+    openai_gen.register(app)
+    ollama_gen.register(app)
+    generate_routes.register(app)
     return app
 
 

@@ -132,7 +132,8 @@ def register(app: FastAPI) -> None:
     async def ollama_ps() -> dict[str, Any]:
         by_name = {m["name"]: m for m in manager.available()}
         return {"models": [{**_ollama_model(by_name[m.name]), "expires_at": _iso(m.expires_at),
-                            "size_vram": 0, "size": m.memory_bytes}
+                            "size_vram": 0, "size": m.memory_bytes,
+                            **({"context_length": m.task.context} if m.scheduler is not None else {})}
                            for m in manager.models.values() if m.name in by_name]}
 
     # -- KServe v2 ----------------------------------------------------------------------

@@ -57,6 +57,24 @@ def _rss_bytes() -> int:
 
 
 @dataclass
+class GenerationConfig:
+    """How the server runs text-generation models (``gpux serve`` flags; gpux.yml ``serving``)."""
+
+    #: Sequences decoded together per model (the scheduler's batch rows).
+    max_sequences: int = 16
+    #: Key/value cache tokens reserved at most per model (prompt + max new tokens of every request in it);
+    #: None: what ``kv_budget_bytes`` holds for the model's layers.
+    kv_budget_tokens: int | None = None
+    kv_budget_bytes: int = 2 << 30
+    #: Prompt tokens prefilled per iteration; longer prompts are prefilled in pieces between decode steps.
+    prefill_chunk: int = 512
+    #: Seconds one generation may run before it is stopped (504, or an error event in a stream).
+    request_timeout_s: float = 600.0
+    #: The context a request gets when it names none (Ollama's num_ctx default), capped by the model's own.
+    default_context: int = 4096
+
+
+@dataclass
 class Loaded:
     """A model in memory and what the server knows about it."""
 
@@ -72,6 +90,8 @@ class Loaded:
     active: int = 0
     #: The most RSS one batch grew the process by (activations, arena growth).
     activation_bytes: int = 0
+    #: Text-generation models: the continuous-batching scheduler (gpux.generate.scheduler); None otherwise.
+    scheduler: Any = None
 
     @property
     def memory_bytes(self) -> int:
@@ -95,12 +115,14 @@ class ModelManager:
 
     def __init__(self, *, budget_bytes: int | None = None, keep_alive_s: float = 300.0,
                  batch: BatchConfig | None = None, metrics: Metrics | None = None,
-                 loader: Callable[[str], Any] | None = None, store: Any = None, threads: int | None = None) -> None:
+                 loader: Callable[[str], Any] | None = None, store: Any = None, threads: int | None = None,
+                 generation: GenerationConfig | None = None) -> None:
         from gpux.store.local import Store
 
         self.budget = budget_bytes
         self.default_keep_alive = keep_alive_s
         self.batch = batch or BatchConfig()
+        self.generation = generation or GenerationConfig()
         self.metrics = metrics or Metrics()
         self.store = store or Store()
         self._loader = loader
@@ -201,10 +223,25 @@ class ModelManager:
             loaded.batcher = Batcher(loaded.run_items, self.batch, on_batch=functools.partial(self._on_batch, loaded),
                                      cost=_tokens if task is not None else None,
                                      on_drop=functools.partial(self.metrics.dropped, name))
+            if task is not None and hasattr(task, "scheduler"):
+                loaded.scheduler = self._scheduler(loaded)
             self.models[name] = loaded
             self.metrics.loaded(name, loaded.memory_bytes)
             self._record_leases()
             return loaded
+
+    def _scheduler(self, loaded: Loaded) -> Any:
+        g = self.generation
+        budget = g.kv_budget_tokens or max(1, g.kv_budget_bytes // max(1, loaded.task.cache_token_bytes))
+
+        def finished(job: Any) -> None:  # on the scheduler's thread; Metrics is thread-safe
+            if job.cancelled:
+                self.metrics.dropped(loaded.name, "cancelled", 1)
+            elif job.first_token is not None:
+                self.metrics.generation(loaded.name, len(job.seq.prompt), len(job.seq.tokens),
+                                        job.first_token - job.submitted, (job.finished or job.first_token) - job.first_token)
+        return loaded.task.scheduler(max_batch=g.max_sequences, budget_tokens=budget, chunk=g.prefill_chunk,
+                                     on_finish=finished)
 
     def _load_sync(self, name: str) -> tuple[Any, Any]:
         from gpux.engine.model import load
@@ -276,7 +313,7 @@ class ModelManager:
             if name in self._draining:
                 await asyncio.shield(self._draining[name][1])
             return False
-        drain = asyncio.get_running_loop().create_task(loaded.batcher.close(wait_s=self.batch.timeout_s))
+        drain = asyncio.get_running_loop().create_task(self._drain(loaded))
         self._draining[name] = (loaded, drain)
         try:
             await asyncio.shield(drain)
@@ -288,6 +325,12 @@ class ModelManager:
             else:  # our caller was cancelled; the drain goes on and cleans up after itself
                 drain.add_done_callback(functools.partial(self._drained, name, reason))
         return True
+
+    async def _drain(self, loaded: Loaded) -> None:
+        """Queued work fails at once; running batches (and generations) get the request timeout to finish."""
+        await loaded.batcher.close(wait_s=self.batch.timeout_s)
+        if loaded.scheduler is not None:
+            await asyncio.get_running_loop().run_in_executor(None, loaded.scheduler.close, self.batch.timeout_s)
 
     def _drained(self, name: str, reason: str, _task: object) -> None:
         self._draining.pop(name, None)

@@ -11,6 +11,7 @@ manager charges to models (load growth, batch growth).
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,13 @@ class _ModelStats:
     unloads: Counter[str] = field(default_factory=Counter)
     items_run: int = 0
     items_dropped: Counter[str] = field(default_factory=Counter)
+    generations: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    tokens_per_s: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    frames_sent: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    frames_dropped: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
 
 
 def _pcts(xs: deque[float]) -> dict[str, float | None]:
@@ -108,6 +116,37 @@ class Metrics:
             self._m(model).items_dropped[reason] += items
         self._p_dropped.labels(model, reason).inc(items)
 
+    def generation(self, model: str, prompt_tokens: int, tokens: int, ttft_s: float, decode_s: float) -> None:
+        """One generation finished: its time to first token and decode rate (tokens after the first)."""
+        with self._lock:
+            m = self._m(model)
+            m.generations += 1
+            m.prompt_tokens += prompt_tokens
+            m.completion_tokens += tokens
+            m.ttft_s.append(ttft_s)
+            if tokens > 1 and decode_s > 0:
+                m.tokens_per_s.append((tokens - 1) / decode_s)
+
+    def frames(self, model: str, sent: int, dropped: int) -> None:
+        """A frame-paced stream sent ``sent`` frames and skipped ``dropped`` it could not send on time."""
+        now = time.monotonic()
+        with self._lock:
+            m = self._m(model)
+            m.frames_sent.extend([now] * min(sent, WINDOW))
+            m.frames_dropped.extend([now] * min(dropped, WINDOW))
+
+    def _generation(self, m: _ModelStats) -> dict[str, Any]:
+        import numpy as np
+
+        now = time.monotonic()
+        rates = np.fromiter(m.tokens_per_s, float) if m.tokens_per_s else None
+        return {"requests": m.generations, "prompt_tokens": m.prompt_tokens, "completion_tokens": m.completion_tokens,
+                "ttft": _pcts(m.ttft_s),
+                "tokens_per_s": None if rates is None else
+                {k: float(np.percentile(rates, q)) for k, q in (("p5", 5), ("p50", 50), ("p95", 95))},
+                "frames_per_minute": {"sent": sum(1 for t in m.frames_sent if now - t <= 60),
+                                      "dropped": sum(1 for t in m.frames_dropped if now - t <= 60)}}
+
     def loaded(self, model: str, memory: int) -> None:
         with self._lock:
             self._m(model).loads += 1
@@ -131,7 +170,8 @@ class Metrics:
                            "queue": _pcts(m.queue_s),
                            "batch_size_histogram": {str(k): v for k, v in sorted(m.batch_sizes.items())},
                            "loads": m.loads, "unloads": dict(m.unloads),
-                           "items_run": m.items_run, "items_dropped": dict(m.items_dropped)}
+                           "items_run": m.items_run, "items_dropped": dict(m.items_dropped),
+                           **({"generation": self._generation(m)} if m.generations or m.frames_sent else {})}
                     for name, m in self._models.items()}
 
     def prometheus(self) -> bytes:

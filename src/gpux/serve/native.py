@@ -26,7 +26,12 @@ def _loaded_view(m: Loaded) -> dict[str, Any]:
             "providers": providers(m), "load_ms": m.load_s * 1e3, "active_requests": m.active,
             "queue_depth": m.batcher.depth, "instances": m.batcher.config.instances,
             "threads": m.model.settings.get("intra_op_threads"), "batches_in_flight_peak": m.batcher.peak_in_flight,
-            "expires_at": m.expires_at}
+            "expires_at": m.expires_at, **({"generation": _scheduler_view(m.scheduler)} if m.scheduler else {})}
+
+
+def _scheduler_view(s: Any) -> dict[str, Any]:
+    return {"running": s.active, "waiting": s.depth, "max_sequences": s.max_batch, "peak_sequences": s.peak_batch,
+            "kv_reserved_tokens": s.reserved, "kv_budget_tokens": s.budget, "steps": s.steps}
 
 
 def register(app: FastAPI) -> None:

@@ -69,6 +69,42 @@ V2_INFER = _object({
                                                   ("name",))},
 }, ("inputs",))
 
+_MESSAGES = {"type": "array", "minItems": 1, "items": _object({"role": {"type": "string"},
+                                                               "content": {"type": "string"}}, ("role",))}
+_STOP = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]}
+_SIGNALS = {"description": 'opt-in per-token signals: {"ema_alpha": 0.2} adds logprob, entropy and an EMA of '
+                           "the entropy to each streamed token", "oneOf": [{"type": "boolean"}, {"type": "object"}]}
+_PACE = {"type": "number", "minimum": 1, "maximum": 1000, "description": "frame-paced stream: one event per frame"}
+_OPENAI_SAMPLING = {
+    "model": _NAME, "stream": {"type": "boolean"}, "stream_options": _object({"include_usage": {"type": "boolean"}}),
+    "max_tokens": {"type": "integer", "minimum": 1}, "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "top_p": {"type": "number"}, "n": {"type": "integer", "minimum": 1, "maximum": 16}, "stop": _STOP,
+    "seed": {"type": "integer"}, "top_k": {"type": "integer"}, "min_p": {"type": "number"},
+    "repetition_penalty": {"type": "number"}, "min_tokens": {"type": "integer"}, "signals": _SIGNALS, "pace_hz": _PACE}
+OPENAI_CHAT = _object({**_OPENAI_SAMPLING, "messages": _MESSAGES, "max_completion_tokens": {"type": "integer"},
+                       "logprobs": {"type": "boolean"}, "top_logprobs": {"type": "integer", "maximum": 20}},
+                      ("model", "messages"))
+OPENAI_COMPLETIONS = _object({**_OPENAI_SAMPLING, "prompt": {"type": "string"},
+                              "logprobs": {"type": "integer", "minimum": 0, "maximum": 5}}, ("model", "prompt"))
+_OLLAMA_OPTIONS = _object({k: {"type": t} for k, t in (
+    ("num_predict", "integer"), ("temperature", "number"), ("top_k", "integer"), ("top_p", "number"),
+    ("min_p", "number"), ("seed", "integer"), ("repeat_penalty", "number"), ("num_ctx", "integer"))} | {"stop": _STOP})
+_OLLAMA = {"model": _NAME, "stream": {"type": "boolean", "default": True}, "options": _OLLAMA_OPTIONS,
+           "keep_alive": _KEEP_ALIVE, "logprobs": {"type": "boolean"}, "top_logprobs": {"type": "integer"}}
+OLLAMA_GENERATE = _object({**_OLLAMA, "prompt": {"type": "string", "description": "empty: load the model only"},
+                           "system": {"type": "string"}, "raw": {"type": "boolean"}}, ("model",))
+OLLAMA_CHAT = _object({**_OLLAMA, "messages": {**_MESSAGES, "minItems": 0}}, ("model",))
+OLLAMA_SHOW = _object({"model": _NAME}, ("model",))
+GENERATE = _object({"model": _NAME, "inputs": {"type": "string"}, "messages": _MESSAGES,
+                    "parameters": {"type": "object", "description": "Hugging Face generation parameters: "
+                                   "max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, "
+                                   "seed, stop, stop_token_ids, logprobs, top_logprobs, min_new_tokens"},
+                    "stream": {"type": "boolean", "default": True}, "n": {"type": "integer"}, "truncate":
+                    {"type": "boolean"}, "signals": _SIGNALS, "pace_hz": _PACE, "keep_alive": _KEEP_ALIVE}, ("model",))
+KSERVE_GENERATE = _object({"text_input": {"type": "string", "minLength": 1},
+                           "parameters": {"type": "object", "description": "max_tokens, temperature, top_p, ..."}},
+                          ("text_input",))
+
 
 def body(schema: dict[str, Any]) -> dict[str, Any]:
     """``openapi_extra`` for a route whose JSON body follows ``schema`` (documented, not validated here)."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from gpux.errors import InputError, UsageError
 from gpux.generate.loop import CacheLoop, Event, Sequence, Timings
 from gpux.generate.sampling import Sampler, SamplingParams, TokenChoice
+from gpux.generate.scheduler import Scheduler
 from gpux.tasks import parameters, texts
 
 if TYPE_CHECKING:
@@ -77,6 +78,9 @@ class Generation:
         graph = model.graphs["model"]
         device = "cuda" if any(p.startswith("CUDA") or p.startswith("Tensorrt") for p in graph.providers) else "cpu"
         self.loop = CacheLoop(graph, [tuple(x) for x in cache["layers"]], bool(cache["position_ids"]), device)
+        self.pad = int(self.config.get("pad_id") or 0)
+        #: Bytes of key/value cache one token of one sequence holds (fp32 keys and values of every layer).
+        self.cache_token_bytes = sum(2 * h * d * 4 for h, d in self.loop.layers)
 
     # -- inputs ---------------------------------------------------------------------------------------
     def prompts(self, payload: dict[str, Any]) -> tuple[list[list[int]], bool]:
@@ -129,10 +133,13 @@ class Generation:
                          StopMatcher(list(r.params.stop)), min(r.params.max_new_tokens, self.context - len(r.ids)))
                 for r in requests]
 
+    def scheduler(self, **options: Any) -> Scheduler:
+        """A continuous-batching scheduler over this model (the server's; see gpux.generate.scheduler)."""
+        return Scheduler(self.loop, pad_id=self.pad, eos_ids=self.eos, name=self.model.name, **options)
+
     def events(self, requests: list[Request]) -> Iterator[tuple[list[Sequence], list[Event]]]:
         seqs = self.sequences(requests)
-        pad = int(self.config.get("pad_id") or 0)
-        for events in self.loop.run(seqs, pad, self.eos):
+        for events in self.loop.run(seqs, self.pad, self.eos):
             yield seqs, events
 
     def run_counted(self, items: list[Request], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
