@@ -380,3 +380,64 @@ def test_frame_paced_stream_holds_its_rate(smollm2_ref: tuple[str, Path], smol_s
     assert 1 / 60 * 0.7 < median < 1 / 60 * 1.5, gaps
     frames = httpx.get(smol_server.url + "/stats").json()["models"][model]["generation"]["frames_per_minute"]
     assert frames["sent"] >= len(arrivals) - 1
+
+
+# -- ensembles ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rivals(tiny: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Two tiny LLaMAs built to disagree: different seeds, head weights scaled so each is sure of its token."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from gpux.convert.pipeline import convert
+
+    names = []
+    for seed in (1, 2):
+        folder = tiny_lm(tmp_path_factory.mktemp(f"rival-{seed}") / f"rival-{seed}", "llama", seed=seed)
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(40.0)
+        model.save_pretrained(folder, safe_serialization=True)
+        bundle = convert(folder, name=f"rival-{seed}", source={"kind": "local", "path": str(folder)},
+                         store=Store(tiny[1]))
+        names.append(f"{bundle.manifest.name}:{bundle.manifest.tag}")
+    return names
+
+
+def test_ensemble_of_one_model_twice_has_zero_diversity(tiny: tuple[str, Path], tiny_server: LiveServer) -> None:
+    body = {"models": [tiny[0], tiny[0]], "inputs": "Once upon a time", "parameters": {"max_new_tokens": 10}}
+    with httpx.stream("POST", tiny_server.url + "/ensemble", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        events = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: ")]
+    final = events[-1]
+    tokens = [e for e in events if "token" in e]
+    steps = [e for e in events if "step" in e]
+    assert {e["model_index"] for e in tokens} == {0, 1} and all(e["model"] == tiny[0] for e in tokens)
+    assert final["models"][0]["token_ids"] == final["models"][1]["token_ids"]
+    assert final["di_kind"] == "next-token distributions" and final["di"] < 1e-6 and final["text_di"] == 0.0
+    assert [s["step"] for s in steps] == list(range(len(final["models"][0]["token_ids"])))
+    assert final["aggregate_tokens_per_s"] > 0
+
+
+def test_ensemble_of_models_built_to_disagree_is_diverse(tiny: tuple[str, Path], rivals: list[str],
+                                                         tiny_server: LiveServer) -> None:
+    body = {"models": rivals, "inputs": "Once upon a time", "parameters": {"max_new_tokens": 12,
+                                                                          "min_new_tokens": 12},
+            "stream": False}
+    final = httpx.post(tiny_server.url + "/ensemble", json=body, timeout=60).json()
+    assert final["di"] > 0.7, final["di_per_step"]
+    assert len(final["di_per_step"]) == 12 and all(0.0 <= d <= 1.0 for d in final["di_per_step"])
+    bad = httpx.post(tiny_server.url + "/ensemble", json={"models": [rivals[0]], "inputs": "x"}, timeout=60)
+    assert bad.status_code == 400 and "2 to 8" in bad.json()["error"]
+
+
+def test_gpux_run_with_several_models_is_an_ensemble(tiny: tuple[str, Path], rivals: list[str]) -> None:
+    from conftest import gpux as cli
+
+    payload = json.dumps({"inputs": "Once upon a time", "parameters": {"max_new_tokens": 6, "min_new_tokens": 6}})
+    done = cli("run", tiny[0], tiny[0], rivals[0], "--input", payload, env={"GPUX_HOME": str(tiny[1])})
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert [m["model"] for m in out["models"]] == [tiny[0], tiny[0], rivals[0]]
+    assert out["tokens"] == [6, 6, 6] and 0 < out["di"] <= 1 and len(out["di_per_step"]) == 6

@@ -24,7 +24,9 @@ PROVIDER_HELP = "auto, cpu, cuda, tensorrt, rocm, migraphx, coreml, directml, op
 
 
 def run(
-    model: str = typer.Argument(..., help=MODEL_HELP),
+    models: list[str] = typer.Argument(..., help=MODEL_HELP + " Several text-generation models: an ensemble "
+                                       "(each answers the same prompt; their diversity index is reported).",
+                                       metavar="MODEL..."),
     input: str = typer.Option(..., "--input", "-i", help="Inputs as JSON, or @file.json / @file.npz."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSON result here instead of stdout."),  # noqa: UP007
     provider: Optional[str] = typer.Option(None, "--provider", "-p", help=PROVIDER_HELP),  # noqa: UP007
@@ -35,6 +37,9 @@ def run(
     warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed runs before timing."),
 ) -> None:
     """Run MODEL on --input and print the outputs (and providers, timings) as JSON."""
+    if len(models) > 1:
+        return _ensemble(models, input, provider, threads, output)
+    model = models[0]
     from gpux.cli.inputs import dump, read_input
     from gpux.engine.model import load
     from gpux.engine.options import OPT_LEVELS
@@ -59,6 +64,31 @@ def run(
             timings = {"load_ms": m.load_ms, **answer.pop("timings", {}), "run_ms": run_ms}
             result = {"model": m.name, "task": m.bundle.manifest.task, **answer,
                       "providers": m.providers, "placement": m.placement, "timings": timings}
+    text = dump(result)
+    if output is not None:
+        output.write_text(text + "\n", encoding="utf-8")
+    else:
+        typer.echo(text)
+
+
+def _ensemble(refs: list[str], input: str, provider: str | None, threads: int | None, output: Path | None) -> None:
+    """``gpux run A B ...``: one prompt to every model at once, through one scheduler per model."""
+    from gpux.cli.inputs import dump, read_input
+    from gpux.engine.model import load
+    from gpux.generate.ensemble import run_together
+
+    feed = read_input(input)
+    loaded: dict[str, Any] = {}
+    for ref in refs:
+        if ref not in loaded:
+            loaded[ref] = load(common.bundle_or_pull(ref), provider, intra_op_threads=threads,
+                               log_level=common.ort_log_level())
+        if not hasattr(loaded[ref].task, "scheduler"):
+            raise UsageError(f"model {ref!r} does not generate text ({loaded[ref].bundle.manifest.task}): an "
+                             "ensemble takes text-generation models", hint="name text-generation models only")
+    if not isinstance(feed, dict):
+        raise UsageError("an ensemble's --input must be a JSON object", hint='{"inputs": "prompt"}')
+    result = run_together([loaded[r].task for r in refs], list(refs), dict(feed))
     text = dump(result)
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")

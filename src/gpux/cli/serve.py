@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import re
 import socket
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -58,6 +58,15 @@ def serve(
                                          help="Seconds a client has to send a request's headers (then 408)."),
     body_timeout: float = typer.Option(30.0, "--body-timeout", min=0.001,
                                        help="Seconds a client has to send a request's body (then 408)."),
+    max_sequences: Optional[int] = typer.Option(None, "--max-sequences", min=1, help="Text generation: sequences "  # noqa: UP007
+                                                "decoded together per model (default: the machine's tier, gpux info)."),
+    kv_budget: Optional[int] = typer.Option(None, "--kv-budget", min=1, help="Text generation: key/value cache "  # noqa: UP007
+                                            "tokens reserved per model (prompt + max new tokens of each request); "
+                                            "past it 429 (default: the machine's tier)."),
+    prefill_chunk: int = typer.Option(512, "--prefill-chunk", min=1, help="Text generation: prompt tokens "
+                                      "prefilled per step; longer prompts are prefilled between decode steps."),
+    request_timeout: float = typer.Option(600.0, "--request-timeout", min=0.001,
+                                          help="Text generation: seconds one generation may run (then 504)."),
 ) -> None:
     """Serve stored models over HTTP: native, OpenAI, Ollama and KServe v2 routes.
 
@@ -69,7 +78,7 @@ def serve(
 
         from gpux.serve.app import ServeSettings, create_app, keep_alive_seconds
         from gpux.serve.batcher import BatchConfig
-        from gpux.serve.manager import ModelManager
+        from gpux.serve.manager import GenerationConfig, ModelManager
         from gpux.serve.protocol import default_max_connections, server_config
     except ImportError as exc:
         raise UsageError(f"serving needs the serve extra ({exc.name} is missing)",
@@ -81,8 +90,14 @@ def serve(
     port = port if port is not None else int(serving.get("port") or 8080)
     max_batch_size = max_batch_size or int(serving.get("batch_size") or 32)
     instances = instances or int(serving.get("instances") or 1)
+    from gpux.engine.hardware import describe, tier_of
+
+    tier = tier_of(describe())  # defaults for what no flag or gpux.yml says (docs/hardware.md)
     manager = ModelManager(
-        budget_bytes=parse_bytes(memory_budget) if memory_budget else None,
+        budget_bytes=parse_bytes(memory_budget) if memory_budget else tier.defaults.memory_budget_bytes,
+        generation=GenerationConfig(max_sequences=max_sequences or tier.defaults.max_sequences,
+                                    kv_budget_tokens=kv_budget or tier.defaults.kv_cache_tokens,
+                                    prefill_chunk=prefill_chunk, request_timeout_s=request_timeout),
         keep_alive_s=keep_alive_seconds(keep_alive) or 0.0,
         batch=BatchConfig(max_batch=max_batch_size, max_delay_ms=max_queue_delay_ms, max_queue=max_queue,
                           timeout_s=timeout, instances=instances, max_items_per_request=max_items,
@@ -105,7 +120,7 @@ def serve(
                 self.should_exit = True
                 return
             if self.started:
-                _banner(address, sock.getsockname()[1], sorted(manager.models))
+                _banner(address, sock.getsockname()[1], sorted(manager.models), tier, manager)
 
     server = Server(server_config(app, settings, host=address, port=port))  # configures uvicorn's loggers
     if not common.state["verbose"]:  # a failed preload is gpux's one-line error below, not uvicorn's traceback too
@@ -176,7 +191,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _banner(host: str, port: int, loaded: list[str]) -> None:
+def _banner(host: str, port: int, loaded: list[str], tier: Any, manager: Any) -> None:
     from gpux.cli import common
 
     shown = f"[{host}]" if ":" in host else host
@@ -184,5 +199,8 @@ def _banner(host: str, port: int, loaded: list[str]) -> None:
     lines = [f"gpux serve listening on {url}",
              f"  models loaded: {', '.join(loaded)}" if loaded else
              f"  models loaded: none yet (stored models load on their first request; {url}/models lists them)",
+             f"  machine: {tier.name} tier ({tier.reason}); memory budget "
+             f"{'none' if manager.budget is None else f'{manager.budget / 2**30:.1f} GiB'}, generation: "
+             f"{manager.generation.max_sequences} sequences, {manager.generation.kv_budget_tokens} cache tokens per model",
              f"  API docs: {url}/docs   (Ctrl-C stops)"]
     common.err_console().print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)

@@ -48,6 +48,8 @@ class Sequence:
     choices: list[TokenChoice] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    #: Hand each event the raw logits it was sampled from (an ensemble compares models' distributions).
+    keep_logits: bool = False
     _seen: np.ndarray | None = None
     _filled: int = 0
 
@@ -72,6 +74,8 @@ class Event:
     choice: TokenChoice
     text: str
     finish_reason: str | None
+    #: The raw logits of this step (before any processing), only for sequences with ``keep_logits``.
+    logits: np.ndarray | None = None
 
 
 class CacheLoop:
@@ -173,12 +177,14 @@ def choose(row: int, s: Sequence, logits: np.ndarray, eos_ids: frozenset[int]) -
     """Sample ``s``'s next token from its row of ``logits`` (changed in place), record it, say what it made.
 
     One place for the per-row work, so the offline loop and the server's scheduler pick tokens alike."""
+    raw = logits.copy() if s.keep_logits else None
     if len(s.tokens) < s.params.min_new_tokens and eos_ids:
         logits[list(eos_ids)] = -np.inf  # as transformers' MinNewTokensLengthLogitsProcessor
     choice = s.sampler.step(logits, s.seen())
     s.tokens.append(choice.id)
     s.choices.append(choice)
-    return _advance(row, s, choice, eos_ids)
+    event = _advance(row, s, choice, eos_ids)
+    return event if raw is None else Event(event.row, choice, event.text, event.finish_reason, raw)
 
 
 def _advance(row: int, s: Sequence, choice: TokenChoice, eos_ids: frozenset[int]) -> Event:

@@ -25,6 +25,7 @@ from fastapi.responses import StreamingResponse
 
 from gpux.errors import UsageError
 from gpux.serve import schemas
+from gpux.generate.ensemble import EnsembleMeter, vocabulary_key
 from gpux.serve.app import FastJSON, _unless_gone, providers, read_json
 from gpux.serve.generation import Ask, Run, open_run, pace_option, paced, signals_option, sse, stream_error
 
@@ -88,6 +89,8 @@ def register(app: FastAPI) -> None:
                 await run.close()
         return _sse(request, run, lambda i, e: _event(run, i, e), lambda: {"done": True, **_final(run)})
 
+    app.post("/ensemble", openapi_extra=schemas.body(schemas.ENSEMBLE))(_ensemble)
+
     @app.post("/v2/models/{name:path}/generate", openapi_extra=schemas.body(schemas.KSERVE_GENERATE))
     async def kserve_generate(name: str, request: Request) -> Any:
         run = await open_run(request.app, _kserve_ask(name.split("/versions/")[0], await read_json(request)))
@@ -103,6 +106,84 @@ def register(app: FastAPI) -> None:
         return _sse(request, run, lambda i, e: {"model_name": run.name, "model_version": "1", "text_output": e.text,
                                                  **({"finish_reason": e.finish_reason} if e.finish_reason else {})},
                     None)
+
+
+def _vocabulary(task: Any) -> int:
+    key = getattr(task, "_vocabulary_key", None)
+    if key is None:
+        key = task._vocabulary_key = vocabulary_key(task.tokenizer)
+    return int(key)
+
+
+async def _ensemble(request: Request) -> Any:
+    """``POST /ensemble``: one prompt or chat to several models through their schedulers, DI per step and overall."""
+    import asyncio
+
+    body = await read_json(request)
+    models = body.get("models")
+    if not isinstance(models, list) or not 2 <= len(models) <= 8 or not all(isinstance(m, str) and m for m in models):
+        raise UsageError('"models" must list 2 to 8 stored model names', hint='e.g. "models": ["a", "b"]')
+    payload: dict[str, Any] = {k: body[k] for k in ("inputs", "messages", "parameters", "truncate") if k in body}
+    runs: list[Run] = []
+    try:
+        for model in models:
+            runs.append(await open_run(request.app, Ask(model, payload, "ensemble", body.get("keep_alive"),
+                                                        keep_logits=True)))
+    except BaseException:
+        for run in runs:
+            await run.close()
+        raise
+    meter = EnsembleMeter(len(runs), len({_vocabulary(r.loaded.task) for r in runs}) == 1)
+    inbox: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def pump(i: int, run: Run) -> None:
+        try:
+            async for _, event in run.events():
+                await inbox.put((i, event))
+            await inbox.put((i, None))
+        except BaseException as exc:
+            await inbox.put((i, exc))
+
+    def final() -> dict[str, Any]:
+        return {"done": True, "models": [{"model": r.name, "text": r.jobs[0].seq.text,
+                                          "token_ids": list(r.jobs[0].seq.tokens),
+                                          "finish_reason": r.jobs[0].seq.finish_reason} for r in runs],
+                **meter.report()}
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        pumps = [asyncio.ensure_future(pump(i, r)) for i, r in enumerate(runs)]
+        try:
+            open_runs = len(runs)
+            while open_runs:
+                i, item = await inbox.get()
+                if item is None or isinstance(item, BaseException):
+                    open_runs -= 1
+                    if isinstance(item, BaseException):
+                        raise item
+                    continue
+                yield {"model": runs[i].name, "model_index": i, **_event(runs[i], 0, item)}
+                for step, di in meter.add(i, item):
+                    yield {"step": step, "di": di}
+        finally:
+            for p in pumps:
+                p.cancel()
+            for run in runs:
+                await run.close()
+
+    if body.get("stream", True) is False:
+        async for _ in events():
+            pass
+        return FastJSON(final())
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            async for e in events():
+                yield sse(e)
+            yield sse(final())
+        except Exception as exc:
+            yield sse(stream_error(request, exc))
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def _kserve_ask(name: str, body: dict[str, Any]) -> Ask:

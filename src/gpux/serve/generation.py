@@ -50,6 +50,8 @@ class Ask:
     ema_alpha: float | None = None
     #: Frame-paced stream: one event per frame at this rate (``"pace_hz": 60``).
     pace_hz: float | None = None
+    #: Events carry their raw logits (an ensemble compares distributions).
+    keep_logits: bool = False
 
 
 def sse(obj: Any) -> bytes:
@@ -222,6 +224,7 @@ def _submit(run: Run, manager: ModelManager) -> None:
         choice = Request(request.ids, dataclasses.replace(params, seed=seed))
         seq = task.sequences([choice])[0]
         seq.limit = min(seq.limit, context - len(request.ids))
+        seq.keep_logits = ask.keep_logits
 
         def sink(item: Any, i: int = i) -> None:
             loop.call_soon_threadsafe(run.queue.put_nowait, (i, item))

@@ -101,6 +101,9 @@ GENERATE = _object({"model": _NAME, "inputs": {"type": "string"}, "messages": _M
                                    "seed, stop, stop_token_ids, logprobs, top_logprobs, min_new_tokens"},
                     "stream": {"type": "boolean", "default": True}, "n": {"type": "integer"}, "truncate":
                     {"type": "boolean"}, "signals": _SIGNALS, "pace_hz": _PACE, "keep_alive": _KEEP_ALIVE}, ("model",))
+ENSEMBLE = _object({"models": {"type": "array", "items": _NAME, "minItems": 2, "maxItems": 8},
+                    "inputs": {"type": "string"}, "messages": _MESSAGES, "parameters": {"type": "object"},
+                    "stream": {"type": "boolean", "default": True}, "keep_alive": _KEEP_ALIVE}, ("models",))
 KSERVE_GENERATE = _object({"text_input": {"type": "string", "minLength": 1},
                            "parameters": {"type": "object", "description": "max_tokens, temperature, top_p, ..."}},
                           ("text_input",))
