@@ -161,6 +161,30 @@ class Run:
             else:
                 yield index, item
 
+    async def batches(self) -> AsyncIterator[list[tuple[int, Event]]]:
+        """:meth:`events` grouped: everything that arrived by the time the consumer looks (at least one).
+
+        A stream that falls behind (a slow client, a busy loop) sends what queued up in one chunk instead
+        of one write per token, so it catches up instead of lagging further.
+        """
+        batch: list[tuple[int, Event]] = []
+        while self._open:
+            index, item = await self.queue.get() if not batch else self.queue.get_nowait()
+            if item is None:
+                self._open -= 1
+            elif isinstance(item, BaseException):
+                self._open -= 1
+                if batch:
+                    yield batch
+                raise item
+            else:
+                batch.append((index, item))
+            if self.queue.empty() and batch:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
     async def collect(self) -> None:
         """Wait for every choice to finish (non-streaming answers read ``jobs[i].seq`` afterwards)."""
         async for _ in self.events():
@@ -217,7 +241,6 @@ def _submit(run: Run, manager: ModelManager) -> None:
     params = request.params
     if not ask.max_given:
         params = dataclasses.replace(params, max_new_tokens=context - len(request.ids))
-    loop = asyncio.get_running_loop()
     timeout = manager.generation.request_timeout_s
     for i in range(ask.n):
         seed = None if params.seed is None else params.seed + i
@@ -226,8 +249,8 @@ def _submit(run: Run, manager: ModelManager) -> None:
         seq.limit = min(seq.limit, context - len(request.ids))
         seq.keep_logits = ask.keep_logits
 
-        def sink(item: Any, i: int = i) -> None:
-            loop.call_soon_threadsafe(run.queue.put_nowait, (i, item))
+        def sink(item: Any, i: int = i) -> None:  # runs on the event loop (the scheduler posts it there)
+            run.queue.put_nowait((i, item))
         run.jobs.append(run.loaded.scheduler.submit(seq, sink, timeout))
         run._open += 1
 

@@ -224,13 +224,13 @@ class ModelManager:
                                      cost=_tokens if task is not None else None,
                                      on_drop=functools.partial(self.metrics.dropped, name))
             if task is not None and hasattr(task, "scheduler"):
-                loaded.scheduler = self._scheduler(loaded)
+                loaded.scheduler = self._scheduler(loaded, asyncio.get_running_loop())
             self.models[name] = loaded
             self.metrics.loaded(name, loaded.memory_bytes)
             self._record_leases()
             return loaded
 
-    def _scheduler(self, loaded: Loaded) -> Any:
+    def _scheduler(self, loaded: Loaded, loop: asyncio.AbstractEventLoop) -> Any:
         g = self.generation
         budget = g.kv_budget_tokens or max(1, g.kv_budget_bytes // max(1, loaded.task.cache_token_bytes))
 
@@ -241,7 +241,7 @@ class ModelManager:
                 self.metrics.generation(loaded.name, len(job.seq.prompt), len(job.seq.tokens),
                                         job.first_token - job.submitted, (job.finished or job.first_token) - job.first_token)
         return loaded.task.scheduler(max_batch=g.max_sequences, budget_tokens=budget, chunk=g.prefill_chunk,
-                                     on_finish=finished)
+                                     on_finish=finished, post=loop.call_soon_threadsafe)
 
     def _load_sync(self, name: str) -> tuple[Any, Any]:
         from gpux.engine.model import load

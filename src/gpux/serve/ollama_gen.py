@@ -239,12 +239,14 @@ async def _respond(request: Request, body: dict[str, Any], ask: Ask, chat: bool)
 
         try:
             reason = None
-            async for _, event in run.events():
-                reason = event.finish_reason
-                chunk = {"model": model, "created_at": _now(), **content(event.text), "done": False}
+            async for batch in run.batches():  # one line per token, or what queued up if the client lags
+                events = [e for _, e in batch]
+                reason = events[-1].finish_reason
+                text = "".join(e.text for e in events)
+                chunk = {"model": model, "created_at": _now(), **content(text), "done": False}
                 if run.jobs[0].seq.params.logprobs:
-                    chunk["logprobs"] = _logprobs(run, [event.choice])
-                if event.text or "logprobs" in chunk:
+                    chunk["logprobs"] = _logprobs(run, [e.choice for e in events])
+                if text or "logprobs" in chunk:
                     yield orjson.dumps(chunk) + b"\n"
             yield orjson.dumps(final(reason)) + b"\n"
         except SchedulerClosedError:

@@ -216,11 +216,12 @@ def _fingerprint(run: Run) -> str:
 async def _stream(request: Request, run: Run, rid: str, created: int, chat: bool, usage: bool) -> AsyncIterator[bytes]:
     kind = "chat.completion.chunk" if chat else "text_completion"
     extra = {"usage": None} if usage else {}
+    fingerprint = _fingerprint(run)
     offsets = [0] * len(run.jobs)
 
     def chunk(choices: list[dict[str, Any]], **more: Any) -> bytes:
         return sse({"id": rid, "object": kind, "created": created, "model": run.name,
-                    "system_fingerprint": _fingerprint(run), "choices": choices, **extra, **more})
+                    "system_fingerprint": fingerprint, "choices": choices, **extra, **more})
 
     def piece(index: int, events: list[Any]) -> dict[str, Any] | None:
         text = "".join(e.text for e in events)
@@ -251,10 +252,14 @@ async def _stream(request: Request, run: Run, rid: str, created: int, chat: bool
                 parts = [p for i, evs in sorted(by.items()) if (p := piece(i, evs)) is not None]
                 yield chunk(parts or [], frame=True)
         else:
-            async for index, event in run.events():
-                part = piece(index, [event])
-                if part is not None:
-                    yield chunk([part])
+            async for batch in run.batches():
+                by_choice: dict[int, list[Any]] = {}
+                for index, event in batch:
+                    by_choice.setdefault(index, []).append(event)
+                for index, evs in by_choice.items():
+                    part = piece(index, evs)
+                    if part is not None:
+                        yield chunk([part])
         if usage:
             extra.pop("usage")
             yield chunk([], usage=run.usage())
