@@ -90,7 +90,7 @@ def test_tier_thresholds(cores: int, memory: int, tier: str) -> None:
 
 def test_tier_defaults_grow_with_the_tier() -> None:
     low, mid, high = (tier_of(facts(c, m)).defaults for c, m in ((2, 4 * GIB), (8, 32 * GIB), (32, 128 * GIB)))
-    assert (low.max_sequences, mid.max_sequences, high.max_sequences) == (4, 16, 64)
+    assert (low.max_sequences, mid.max_sequences, high.max_sequences) == (16, 32, 64)
     assert low.kv_cache_tokens < mid.kv_cache_tokens < high.kv_cache_tokens
     assert low.memory_budget_bytes < mid.memory_budget_bytes < high.memory_budget_bytes
 
