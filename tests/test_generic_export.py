@@ -16,7 +16,7 @@ import pytest
 
 from gpux.convert.architectures import OVERRIDES
 from gpux.convert.export import TASK_HEADS
-from gpux.convert.pipeline import SUPPORTED_TASKS, convert
+from gpux.convert.pipeline import MEDIA_TASKS, SUPPORTED_TASKS, convert
 from gpux.errors import ConvertError
 from gpux.store.bundle import Bundle
 from gpux.store.local import Store
@@ -122,8 +122,9 @@ def test_family_converts_with_no_code_for_it(converted: Converted, family: str) 
 
 def test_families_cover_every_task_and_ten_families() -> None:
     assert len({f for f, _ in FAMILIES}) >= 10 and {f for f, _ in FAMILIES} == set(hf_models.FAMILIES)
-    # Decoders (text-generation) have their own families: tests/lm_models.py, tests/test_generate.py.
-    assert {t for _, t in FAMILIES} | {"feature-extraction", "text-generation"} == set(SUPPORTED_TASKS)
+    # Decoders (text-generation) have their own families: tests/lm_models.py, tests/test_generate.py;
+    # image and audio models theirs: tests/test_media.py.
+    assert {t for _, t in FAMILIES} | {"feature-extraction", "text-generation", *MEDIA_TASKS} == set(SUPPORTED_TASKS)
 
 
 def test_position_offset_is_derived_where_positions_skip_padding(converted: Converted, store: Store) -> None:
@@ -146,7 +147,8 @@ def test_optimised_variant_of_a_fallback_family_keeps_parity(converted: Converte
     assert result["cosine_min"] >= result["threshold_cosine"] and result["argmax_agreement"] == 1.0
 
 
-@pytest.mark.parametrize("task", [t for t in SUPPORTED_TASKS if t not in ("feature-extraction", "text-generation")])
+@pytest.mark.parametrize("task", [t for t in SUPPORTED_TASKS if t not in ("feature-extraction", "text-generation")
+                                  and t not in MEDIA_TASKS])  # image and audio heads: tests/test_media.py
 def test_task_is_detected_from_the_saved_head(tmp_path: Path, task: str) -> None:
     from gpux.convert.detect import detect_task
 

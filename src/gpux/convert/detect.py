@@ -24,6 +24,10 @@ ARCH_SUFFIXES: dict[str, str] = {
     "ForMaskedLM": "fill-mask",
     "ForCausalLM": "text-generation",
     "LMHeadModel": "text-generation",  # GPT2LMHeadModel, OpenAIGPTLMHeadModel: checked before the bare "Model" rule
+    "ForImageClassification": "image-classification",
+    "ForImageClassificationWithTeacher": "image-classification",  # DeiT's distilled head
+    "ForAudioClassification": "audio-classification",
+    "ForCTC": "automatic-speech-recognition",
 }
 PIPELINE_TAGS: dict[str, str] = {
     "text-classification": "text-classification",
@@ -36,6 +40,11 @@ PIPELINE_TAGS: dict[str, str] = {
     "question-answering": "question-answering",
     "text-ranking": "text-ranking",
     "text-generation": "text-generation",
+    "image-classification": "image-classification",
+    "audio-classification": "audio-classification",
+    "automatic-speech-recognition": "automatic-speech-recognition",
+    "image-feature-extraction": "image-feature-extraction",
+    "zero-shot-image-classification": "zero-shot-image-classification",
 }
 #: config.json keys that sentence-transformers' CrossEncoder writes (v4+, and older versions).
 CROSS_ENCODER_KEYS = ("sentence_transformers", "sbert_ce_default_activation_function")
@@ -94,6 +103,9 @@ def head_of(arch: str) -> str:
 
 def tasks_of(arch: str, config: dict[str, Any]) -> tuple[str, ...]:
     """The tasks a checkpoint saved from ``arch`` can do (its head's, then embeddings); () if none."""
+    if is_base_model(arch) and isinstance(config.get("text_config"), dict) and \
+            isinstance(config.get("vision_config"), dict):
+        return ("zero-shot-image-classification",)  # a two-tower text-image model (CLIP, SigLIP)
     if is_base_model(arch):
         return ("feature-extraction",)
     for suffix, task in ARCH_SUFFIXES.items():
@@ -122,7 +134,8 @@ def capabilities(folder: Path) -> tuple[str, tuple[str, ...]] | None:
 def check_task(folder: Path, task: str) -> None:
     """:class:`ConvertError` when the model's head cannot do ``task`` (a ``--task`` the weights lack a head for)."""
     able = capabilities(folder)
-    if able is None or task in able[1]:
+    wanted = "feature-extraction" if task.endswith("feature-extraction") else task  # image-/audio- embeddings
+    if able is None or wanted in able[1]:
         return
     arch, tasks = able
     raise ConvertError(f"{describe(arch)}: it has no {task} head",

@@ -14,7 +14,12 @@ from gpux.store.bundle import Bundle, Manifest
 from gpux.store.local import Store
 
 SUPPORTED_TASKS = ("feature-extraction", "text-classification", "text-ranking", "token-classification",
-                   "question-answering", "fill-mask", "text-generation")
+                   "question-answering", "fill-mask", "text-generation", "image-classification",
+                   "audio-classification", "automatic-speech-recognition", "image-feature-extraction",
+                   "audio-feature-extraction", "zero-shot-image-classification")
+#: Tasks of image and audio models (convert/media.py); their embeddings are "<modality>-feature-extraction".
+MEDIA_TASKS = ("image-classification", "audio-classification", "automatic-speech-recognition",
+               "image-feature-extraction", "audio-feature-extraction", "zero-shot-image-classification")
 #: Tasks whose outputs are scores over config.id2label.
 LABELLED_TASKS = ("text-classification", "token-classification", "text-ranking")
 #: Activation class name (last dotted part, lower-cased) in a CrossEncoder config -> task.json activation.
@@ -107,8 +112,22 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
         raise ConvertError(f"task {task!r} is not supported", hint=f"supported tasks: {', '.join(SUPPORTED_TASKS)}")
     if task is not None:
         check_task(folder, task)
+    from gpux.convert.media import media_input
+
+    media = media_input(folder) if (folder / "config.json").is_file() else None
+    if media is not None and task in (None, "feature-extraction"):
+        task = task or detect_task(folder, SUPPORTED_TASKS)
+        if task == "feature-extraction":  # a backbone's embeddings, by what it takes
+            task = "image-feature-extraction" if media == "pixel_values" else "audio-feature-extraction"
     task = task or detect_task(folder, SUPPORTED_TASKS)
+    if (media is None) != (task not in MEDIA_TASKS):
+        raise ConvertError(f"task {task} does not fit this model: it takes "
+                           f"{media or 'text (input_ids)'}", hint="leave --task out to detect it")
     store = store or Store()
+    if task == "zero-shot-image-classification":
+        return _convert_dual(folder, name=name, source=source, allow_pickle=allow_pickle, store=store)
+    if media is not None:
+        return _convert_media(folder, name=name, source=source, task=task, allow_pickle=allow_pickle, store=store)
     config = read_json(folder / "config.json")
     tok = _tokenizer_facts(folder, task)
     work = store.scratch("convert-")
@@ -147,6 +166,97 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
         raise disk_full(store.root, exc, f"the conversion of {name}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _convert_media(folder: Path, *, name: str, source: dict[str, Any], task: str, allow_pickle: bool,
+                   store: Store) -> Bundle:
+    """An image or audio model (convert/media.py): graph, its processor config and task facts."""
+    from gpux.convert.media import export_media
+
+    work = store.scratch("convert-")
+    try:
+        head_task = "feature-extraction" if task.endswith("feature-extraction") else task
+        done = export_media(folder, head_task, Path(work) / "model.onnx", allow_pickle=allow_pickle)
+        config, processor = done.pop("model").config, done.pop("processor")
+        task_cfg: dict[str, Any] = {"task": task, "input": done["input"], "inputs": done["inputs"],
+                                    "output": "output", "model_type": config.model_type}
+        labels = getattr(config, "id2label", None) or {}
+        if task in ("image-classification", "audio-classification"):
+            task_cfg["labels"] = [labels[i] for i in sorted(labels)]
+        if done["input"] == "pixel_values":
+            from gpux.convert.media import image_size
+
+            task_cfg["image_size"] = list(image_size(processor, config))
+        else:
+            task_cfg["sampling_rate"] = int(processor.get("sampling_rate") or 16000)
+        if task == "automatic-speech-recognition":
+            task_cfg["ctc"] = _ctc_vocabulary(folder, config)
+        (Path(work) / TASK_CONFIG).write_text(json.dumps(task_cfg, indent=2))
+        manifest = Manifest(name=name, tag=task, task=task, graphs={"model": "model.onnx"},
+                            assets={"processor": "preprocessor_config.json", "task_config": TASK_CONFIG},
+                            source=source,
+                            conversion={"exporter": done["exporter"], "rejected_exporters": done["rejected_exporters"],
+                                        "opset": done["opset"], "dtype": "float32", "seconds": done["seconds"],
+                                        "parity": done["parity"], **done["versions"]})
+        files = {"model.onnx": Path(work) / "model.onnx", "preprocessor_config.json": folder / "preprocessor_config.json",
+                 TASK_CONFIG: Path(work) / TASK_CONFIG}
+        return store.publish(manifest, files, move=frozenset({"model.onnx", TASK_CONFIG}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _convert_dual(folder: Path, *, name: str, source: dict[str, Any], allow_pickle: bool, store: Store) -> Bundle:
+    """A two-tower text-image model (convert/dual.py): text.onnx, vision.onnx, tokenizer, processor."""
+    from gpux.convert.dual import export_dual
+    from gpux.convert.media import _processor
+
+    task = "zero-shot-image-classification"
+    work = Path(store.scratch("convert-"))
+    try:
+        done = export_dual(folder, work, _processor(folder), allow_pickle=allow_pickle)
+        if not (folder / "tokenizer.json").is_file():
+            raise ConvertError("the model folder has no tokenizer.json (its text tower's fast tokenizer)",
+                               hint="pull a checkpoint saved with its processor")
+        task_cfg = {"task": task, "model_type": done["model_type"], "image_size": done["image_size"],
+                    "logit_scale": done["logit_scale"], "logit_bias": done["logit_bias"],
+                    "max_length": done["text_max_length"], "text_output": "text_embeds",
+                    "image_output": "image_embeds"}
+        (work / TASK_CONFIG).write_text(json.dumps(task_cfg, indent=2))
+        manifest = Manifest(name=name, tag=task, task=task, graphs={"vision": "vision.onnx", "text": "text.onnx"},
+                            default_graph="vision",
+                            assets={"tokenizer": "tokenizer.json", "processor": "preprocessor_config.json",
+                                    "task_config": TASK_CONFIG}, source=source,
+                            conversion={"exporter": done["exporter"], "opset": done["opset"], "dtype": "float32",
+                                        "seconds": done["seconds"], "parity": done["parity"], **done["versions"]})
+        files = {"vision.onnx": work / "vision.onnx", "text.onnx": work / "text.onnx",
+                 "tokenizer.json": folder / "tokenizer.json",
+                 "preprocessor_config.json": folder / "preprocessor_config.json", TASK_CONFIG: work / TASK_CONFIG}
+        return store.publish(manifest, files, move=frozenset({"vision.onnx", "text.onnx", TASK_CONFIG}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _ctc_vocabulary(folder: Path, config: Any) -> dict[str, Any]:
+    """What CTC decoding needs, from the folder's tokenizer files (Wav2Vec2CTCTokenizer's vocab.json)."""
+    vocab_path = folder / "vocab.json"
+    if not vocab_path.is_file():
+        raise ConvertError("the speech model has no vocab.json (its CTC tokenizer)",
+                           hint="pull a checkpoint saved with its processor (tokenizer and feature extractor)")
+    vocab = read_json(vocab_path)
+    if vocab and all(isinstance(v, dict) for v in vocab.values()):  # multilingual layout: {lang: {token: id}}
+        vocab = next(iter(vocab.values()))
+    tok_cfg = read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    tokens = {int(i): t for t, i in vocab.items()}
+    for i, added in (tok_cfg.get("added_tokens_decoder") or {}).items():
+        tokens.setdefault(int(i), added.get("content", ""))
+    size = max(tokens) + 1 if tokens else 0
+    return {"tokens": [tokens.get(i, "") for i in range(size)],
+            "pad": tok_cfg.get("pad_token", "<pad>") if isinstance(tok_cfg.get("pad_token", "<pad>"), str)
+            else tok_cfg["pad_token"].get("content", "<pad>"),
+            "word_delimiter": tok_cfg.get("word_delimiter_token", "|") or "|",
+            "replace_word_delimiter_char": tok_cfg.get("replace_word_delimiter_char", " "),
+            "do_lower_case": bool(tok_cfg.get("do_lower_case", False)),
+            "clean_up_tokenization_spaces": bool(tok_cfg.get("clean_up_tokenization_spaces", False))}
 
 
 def _convert_decoder(folder: Path, *, name: str, source: dict[str, Any], config: dict[str, Any],

@@ -108,6 +108,8 @@ class Model:
                     from gpux.tasks import for_model
 
                     self._task = for_model(self)
+                    if self._task is not None and hasattr(self._task, "allow_paths"):
+                        self._task.allow_paths = True  # Python and the CLI may name files; the server never does
                     self._task_built = True
         return self._task
 

@@ -23,6 +23,12 @@ TASKS: dict[str, str] = {
     "question-answering": "gpux.tasks.question_answering:QuestionAnswering",
     "text-ranking": "gpux.tasks.ranking:Ranker",
     "text-generation": "gpux.tasks.generation:Generation",
+    "image-classification": "gpux.tasks.image_classification:ImageClassifier",
+    "audio-classification": "gpux.tasks.audio_classification:AudioClassifier",
+    "automatic-speech-recognition": "gpux.tasks.speech_recognition:SpeechRecognizer",
+    "image-feature-extraction": "gpux.tasks.media_embeddings:ImageEmbeddings",
+    "audio-feature-extraction": "gpux.tasks.media_embeddings:AudioEmbeddings",
+    "zero-shot-image-classification": "gpux.tasks.zero_shot:ZeroShotImageClassifier",
 }
 
 

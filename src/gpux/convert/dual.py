@@ -1,0 +1,128 @@
+"""Contrastive two-tower models (CLIP, SigLIP, ...) -> two ONNX graphs: text, and images.
+
+Each tower is its own graph (``text.onnx``: ``input_ids``, ``attention_mask`` -> ``text_embeds``;
+``vision.onnx``: ``pixel_values`` -> ``image_embeds``) so either side runs alone: embedding a million
+images never runs the text tower, and zero-shot labels are embedded once. The towers are the model's own
+``get_text_features`` / ``get_image_features`` (projection included; transformers 5 returns them as
+``pooler_output``). The similarity head is two numbers, kept in task.json: the learned ``logit_scale``
+(exponentiated, as the model multiplies by it) and, for sigmoid-trained models (SigLIP), ``logit_bias``.
+
+Which models: any whose config has a ``text_config`` and a ``vision_config`` and whose class has both
+feature methods — detected from the model, not a family list. Parity: each graph against PyTorch on
+random inputs (cosine ≥ 0.999 per row), recorded per graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpux.errors import ConvertError
+
+PARITY_MIN_COSINE = 0.999
+
+
+def is_dual(config: dict[str, Any]) -> bool:
+    """A text–image two-tower config (what the checkpoint's class is decides the rest, at export)."""
+    return isinstance(config.get("text_config"), dict) and isinstance(config.get("vision_config"), dict)
+
+
+def _features(out: Any) -> Any:
+    return out.pooler_output if hasattr(out, "pooler_output") else out
+
+
+def export_dual(folder: Path, work: Path, processor: dict[str, Any], *, allow_pickle: bool = False) -> dict[str, Any]:
+    """Export both towers into ``work`` (text.onnx, vision.onnx); returns the facts task.json needs."""
+    import torch
+    import transformers
+
+    from gpux.convert.export import OPSET
+    from gpux.convert.media import image_size
+
+    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    start = time.perf_counter()
+    has_safetensors = any(folder.glob("*.safetensors"))
+    if not has_safetensors and not allow_pickle:
+        raise ConvertError("the model has no .safetensors weights, only pickle files",
+                           hint="pickle can run code when loaded; pass --allow-pickle if you trust the source")
+    model = transformers.AutoModel.from_pretrained(folder, use_safetensors=has_safetensors).eval()
+    if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
+        raise ConvertError(f"{type(model).__name__} has no text and image feature methods",
+                           hint="zero-shot image classification needs a CLIP-style two-tower model")
+    h, w = image_size(processor, model.config)
+    vision_cfg = model.config.vision_config
+    channels = int(getattr(vision_cfg, "num_channels", 3) or 3)
+    vocab = int(model.config.text_config.vocab_size)
+
+    class Tower(torch.nn.Module):  # the model as a submodule: its weights are the graph's, not traced constants
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+    class Text(Tower):
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return _features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+    class Vision(Tower):
+        def forward(self, pixel_values: Any) -> Any:
+            return _features(self.model.get_image_features(pixel_values=pixel_values))
+
+    def text_example(batch: int, seq: int, seed: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(1, vocab, (batch, seq), generator=g)
+        mask = torch.ones(batch, seq, dtype=torch.long)
+        for row in range(1, batch):
+            mask[row, max(2, seq - row * seq // (batch + 1)):] = 0
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def image_example(batch: int, _seq: int, seed: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(seed)
+        return {"pixel_values": torch.randn(batch, channels, h, w, generator=g)}
+
+    parity = {}
+    for name, tower, example, axes, output in (
+            ("text", Text(), text_example, {"input_ids": {0: "batch", 1: "sequence"},
+                                            "attention_mask": {0: "batch", 1: "sequence"}}, "text_embeds"),
+            ("vision", Vision(), image_example, {"pixel_values": {0: "batch"}}, "image_embeds")):
+        path = work / f"{name}.onnx"
+        feed = example(2, 12, 0)
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(tower.eval(), tuple(feed.values()), str(path), input_names=list(feed),
+                              output_names=[output], dynamic_axes={**axes, output: {0: "batch"}}, opset_version=OPSET,
+                              dynamo=False, do_constant_folding=True)
+        parity[name] = _parity(tower, example, path)
+    scale = float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 1.0
+    bias = float(model.logit_bias.item()) if getattr(model, "logit_bias", None) is not None else None
+    return {"exporter": "torchscript", "opset": OPSET, "seconds": round(time.perf_counter() - start, 3),
+            "parity": parity, "logit_scale": scale, "logit_bias": bias, "image_size": [h, w],
+            "model_type": model.config.model_type, "text_max_length": int(
+                getattr(model.config.text_config, "max_position_embeddings", 77) or 77),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
+
+
+def _parity(tower: Any, example: Any, path: Path) -> dict[str, Any]:
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cases = []
+    for i, (batch, seq) in enumerate(((1, 7), (3, 16))):
+        feed = example(batch, seq, 100 + i)
+        with torch.no_grad():
+            ref = tower(**feed).float().numpy()
+        got = sess.run(None, {k: v.numpy() for k, v in feed.items()})[0]
+        cos = np.sum(ref * got, -1) / np.maximum(np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1), 1e-12)
+        cases.append({"batch": batch, "cosine_min": float(cos.min()), "max_abs": float(np.abs(ref - got).max())})
+    cos_min = min(float(c["cosine_min"]) for c in cases)
+    if cos_min < PARITY_MIN_COSINE:
+        raise ConvertError(f"the ONNX {path.stem} tower does not match PyTorch: cosine {cos_min:.6f}",
+                           hint="report this model")
+    return {"cases": cases, "cosine_min": cos_min, "threshold_cosine": PARITY_MIN_COSINE}

@@ -1,0 +1,76 @@
+"""Zero-shot image classification with a two-tower model (CLIP, SigLIP): images against label texts.
+
+``{"inputs": "cat.png" | [...], "parameters": {"candidate_labels": ["cat", "dog"], "hypothesis_template":
+"a photo of {}"}}`` -> ``{"predictions": [[{"label", "score"}, ...], ...]}`` (highest first), as Hugging
+Face's zero-shot-image-classification pipeline answers. Each label is put into the template, embedded
+by the text graph, the images by the vision graph; the scores are the softmax over labels of
+``logit_scale`` × cosine (CLIP), or each label's sigmoid of ``logit_scale`` × cosine + ``logit_bias`` for
+models trained with a sigmoid loss (SigLIP). The towers also give embeddings on their own
+(:meth:`embed_texts`, :meth:`embed_images`: what ``/v1/embeddings`` serves for images and texts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gpux.errors import UsageError
+from gpux.tasks import parameters
+from gpux.tasks.media import ImageTask, softmax
+
+DEFAULT_TEMPLATE = "This is a photo of {}."
+
+
+class ZeroShotImageClassifier(ImageTask):
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(model.bundle.root / model.bundle.manifest.assets["tokenizer"]))
+        self.tokenizer.enable_truncation(int(self.config.get("max_length") or 77))
+        pad = self.tokenizer.padding
+        self.tokenizer.enable_padding(pad_id=pad["pad_id"] if pad else 0, pad_token=pad["pad_token"] if pad else "")
+
+    def items(self, payload: dict[str, Any]) -> list[Any]:
+        params = parameters(payload)
+        labels = params.get("candidate_labels")
+        if isinstance(labels, str):
+            labels = [x.strip() for x in labels.split(",") if x.strip()]
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+            raise UsageError('zero-shot classification needs "parameters": {"candidate_labels": [...]}',
+                             hint='e.g. {"inputs": "cat.png", "parameters": {"candidate_labels": ["cat", "dog"]}}')
+        template = params.get("hypothesis_template", DEFAULT_TEMPLATE)
+        if not isinstance(template, str) or "{}" not in template:
+            raise UsageError(f'"hypothesis_template" must be a string with {{}} for the label, not {template!r}',
+                             hint='e.g. "a photo of {}"')
+        unknown = sorted(set(params) - {"candidate_labels", "hypothesis_template"})
+        if unknown:
+            raise UsageError(f'unknown parameter "{unknown[0]}"', hint="use candidate_labels, hypothesis_template")
+        return [(pixels, tuple(labels), template) for pixels in super().items(payload)]
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        enc = self.tokenizer.encode_batch(texts)
+        feed = {"input_ids": np.asarray([e.ids for e in enc], np.int64),
+                "attention_mask": np.asarray([e.attention_mask for e in enc], np.int64)}
+        return np.asarray(self.model.run(feed, graph="text")[self.config["text_output"]], np.float32)
+
+    def embed_images(self, pixels: list[np.ndarray]) -> np.ndarray:
+        feed = {"pixel_values": np.stack(pixels).astype(np.float32, copy=False)}
+        return np.asarray(self.model.run(feed, graph="vision")[self.config["image_output"]], np.float32)
+
+    def run_counted(self, items: list[Any], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
+        images = _unit(self.embed_images([p for p, _, _ in items]))
+        prompts = sorted({template.format(label) for _, labels, template in items for label in labels})
+        texts = dict(zip(prompts, _unit(self.embed_texts(prompts))))
+        scale, bias = float(self.config["logit_scale"]), self.config.get("logit_bias")
+        answers = []
+        for image, (_, labels, template) in zip(images, items):
+            logits = scale * np.stack([texts[template.format(label)] for label in labels]) @ image
+            scores = 1 / (1 + np.exp(-(logits + bias))) if bias is not None else softmax(logits.astype(np.float64))
+            answers.append([{"label": labels[i], "score": float(scores[i])} for i in np.argsort(-scores, kind="stable")])
+        return answers, [1] * len(items)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # type: ignore[no-any-return]
