@@ -76,7 +76,8 @@ serving: {host: 127.0.0.1, port: 9001, batch_size: 4, instances: 2}
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "tiny-mlp:v1"
     manifest = json.loads(local.Store().manifest_path("tiny-mlp", "v1").read_text())
-    assert manifest["serving"] == {"host": "127.0.0.1", "port": 9001, "batch_size": 4, "instances": 2}
+    assert manifest["serving"] == {"host": "127.0.0.1", "port": 9001, "batch_size": 4, "instances": 2,
+                                   "max_sequences": None, "kv_budget": None}
     assert manifest["task"] == "demo"
     assert manifest["files"]["mlp.onnx"]["sha256"] == local.sha256_file(model_dir / "mlp.onnx")
 

@@ -250,6 +250,19 @@ def test_truncated_files() -> None:
         A.load_audio(wav[:40], 16000)  # the header alone
 
 
+@pytest.mark.parametrize("soundfile_mp3", [True, False])
+def test_truncated_compressed_files(soundfile_mp3: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    x = signal(44100, 3.0, 2)
+    mp3 = encode_pyav(x, 44100, "mp3", "libmp3lame")
+    m4a = encode_pyav(x, 44100, "ipod", "aac")
+    monkeypatch.setattr(A, "_soundfile_mp3", lambda: soundfile_mp3)  # False: MP3 decoded by PyAV
+    for data in (mp3, m4a):
+        for frac in (0.3, 0.9):
+            with pytest.raises(A.AudioDecodeError, match="truncated"):
+                A.load_audio(data[: int(len(data) * frac)], 16000)
+        assert len(A.load_audio(data, 16000)) >= 3 * 16000
+
+
 def test_unsupported_format_without_pyav(monkeypatch: pytest.MonkeyPatch) -> None:
     data = encode_pyav(signal(16000, 0.5), 16000, "ipod", "aac")
     monkeypatch.setattr(A, "_have_pyav", lambda: False)

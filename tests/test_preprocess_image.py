@@ -368,6 +368,9 @@ def test_old_style_configs() -> None:
     clip = ImageProcessor.from_config({"image_processor_type": "CLIPImageProcessor", "size": 224,
                                        "crop_size": 224, "do_center_crop": True})
     assert clip.size == {"shortest_edge": 224} and clip.crop_size == {"height": 224, "width": 224}
+    kosmos = ImageProcessor.from_config({"image_processor_type": "CLIPImageProcessor",
+                                         "size": {"shortest_edge": 64}, "use_square_size": True})
+    assert kosmos.size == {"height": 64, "width": 64}
     longest = ImageProcessor.from_config({"size": {"longest_edge": 100}, "do_center_crop": False})
     assert longest.process_one(IMAGES["wide-1000x200-png"]).shape == (3, 20, 100)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -72,6 +72,9 @@ class ServingSection(_Strict):
     port: int = Field(default=8080, ge=1, le=65535)
     batch_size: int = Field(default=1, ge=1, le=4096)
     instances: int = Field(default=1, ge=1, le=64)
+    #: Text generation: sequences decoded together, and key/value cache tokens per model (default: the tier's).
+    max_sequences: Optional[int] = Field(default=None, ge=1, le=4096)  # noqa: UP007
+    kv_budget: Optional[int] = Field(default=None, ge=1)  # noqa: UP007
 
 
 class GpuxConfig(_Strict):

@@ -95,8 +95,10 @@ def serve(
     tier = tier_of(describe())  # defaults for what no flag or gpux.yml says (docs/hardware.md)
     manager = ModelManager(
         budget_bytes=parse_bytes(memory_budget) if memory_budget else tier.defaults.memory_budget_bytes,
-        generation=GenerationConfig(max_sequences=max_sequences or tier.defaults.max_sequences,
-                                    kv_budget_tokens=kv_budget or tier.defaults.kv_cache_tokens,
+        generation=GenerationConfig(max_sequences=max_sequences or int(serving.get("max_sequences") or 0) or
+                                    tier.defaults.max_sequences,
+                                    kv_budget_tokens=kv_budget or int(serving.get("kv_budget") or 0) or
+                                    tier.defaults.kv_cache_tokens,
                                     prefill_chunk=prefill_chunk, request_timeout_s=request_timeout),
         keep_alive_s=keep_alive_seconds(keep_alive) or 0.0,
         batch=BatchConfig(max_batch=max_batch_size, max_delay_ms=max_queue_delay_ms, max_queue=max_queue,

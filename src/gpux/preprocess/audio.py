@@ -443,8 +443,9 @@ def _decode_pyav(f: IO[bytes], kind: str | None, max_seconds: float | None, what
             rate = int(stream.rate or stream.codec_context.sample_rate or 0)
             if rate <= 0:
                 raise AudioDecodeError(f"{what} has no sampling rate in its header")
-            if container.duration and max_seconds is not None:
-                _check_length(int(container.duration / 1_000_000 * rate), rate, max_seconds)
+            declared = container.duration / 1_000_000 if container.duration else None  # may be estimated
+            if declared and max_seconds is not None:
+                _check_length(int(declared * rate), rate, max_seconds)
             resampler = av.AudioResampler(format="fltp")
             limit = None if max_seconds is None else int(max_seconds * rate)
             for frame in container.decode(stream):
@@ -459,12 +460,16 @@ def _decode_pyav(f: IO[bytes], kind: str | None, max_seconds: float | None, what
     except AudioError:
         raise
     except (av.error.FFmpegError, ValueError, OSError, EOFError) as exc:
-        raise AudioDecodeError(f"{what} could not be decoded as {name} ({exc})",
+        raise AudioDecodeError(f"{what} is not a readable {name} file: truncated or corrupt ({exc})",
                                hint="send the complete file, or a WAV, FLAC or OGG file") from exc
     if not chunks:
         raise EmptyAudioError(f"{what} holds no samples", hint="send at least a fraction of a second of sound")
     samples = np.concatenate(chunks, axis=1).T
     _check_length(samples.shape[0], rate, max_seconds)
+    seconds = samples.shape[0] / rate
+    if declared and seconds < 0.95 * declared - 0.1:
+        raise AudioDecodeError(f"{what} is a truncated {name} file: its header says {declared:.2f} s, "
+                               f"{seconds:.2f} s could be decoded", hint="send the complete file")
     return np.ascontiguousarray(samples, dtype=np.float32), rate
 
 
