@@ -196,8 +196,8 @@ def load_audio(source: Any, sampling_rate: int, *, source_rate: int | None = Non
                                    hint='{"array": [...], "sampling_rate": 16000}')
         return load_audio(np.asarray(array), sampling_rate, source_rate=int(source["sampling_rate"]),
                           max_seconds=max_seconds)
-    if isinstance(source, np.ndarray) or (isinstance(source, (list, tuple)) and source
-                                          and not isinstance(source[0], (str, bytes))):
+    if isinstance(source, np.ndarray) or (isinstance(source, (list, tuple))
+                                          and not (source and isinstance(source[0], (str, bytes)))):
         rate = sampling_rate if source_rate is None else int(source_rate)
         if rate <= 0:
             raise ValueError(f"source_rate must be a positive integer, got {source_rate!r}")
@@ -235,22 +235,25 @@ def _load_path(path: Path, sampling_rate: int, max_seconds: float | None) -> np.
                                hint="check the path") from exc
 
 
+#: Integer PCM arrays and their full scale: int16/int32 signed, uint8 offset by 128 (as WAV stores 8-bit).
+_PCM = {np.dtype(np.int8): 2.0 ** 7, np.dtype(np.int16): 2.0 ** 15, np.dtype(np.int32): 2.0 ** 31,
+        np.dtype(np.uint8): 2.0 ** 7}
+
+
 def _as_samples(source: Any) -> np.ndarray:
+    """Float32 samples: float arrays and lists as they are (in [-1, 1]); int8/16/32 and uint8 arrays as PCM."""
     try:
-        a = np.asarray(source)
+        a = np.asarray(source, dtype=np.float32 if isinstance(source, (list, tuple)) else None)
     except (ValueError, TypeError) as exc:
         raise AudioDecodeError(f"the samples are not a rectangular array of numbers: {exc}") from exc
     if a.dtype.kind == "f":
         a = a.astype(np.float32, copy=False)
-    elif a.dtype.kind == "i":
-        a = (a / float(2 ** (8 * a.dtype.itemsize - 1))).astype(np.float32)
-    elif a.dtype.kind == "u":
-        half = float(2 ** (8 * a.dtype.itemsize - 1))
-        a = ((a - half) / half).astype(np.float32)
-    elif a.dtype.kind == "b":
-        raise AudioDecodeError("the samples are booleans, not audio")
+    elif a.dtype in _PCM:
+        offset = 128.0 if a.dtype == np.uint8 else 0.0
+        a = ((a - offset) / _PCM[a.dtype]).astype(np.float32)
     else:
-        raise AudioDecodeError(f"the samples must be numbers, got dtype {a.dtype}")
+        raise AudioDecodeError(f"audio samples must be floats in [-1, 1] or int16/int32/uint8 PCM, got dtype "
+                               f"{a.dtype}", hint="convert the array with .astype(np.float32) / full scale")
     if a.size and not np.isfinite(a).all():
         raise AudioDecodeError("the samples hold NaN or infinite values")
     return a
@@ -298,9 +301,11 @@ def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _check_length(frames: int, rate: int, max_seconds: float | None) -> None:
+def _check_length(frames: int, rate: int, max_seconds: float | None, *, at_least: bool = False) -> None:
+    """Refuse ``frames`` samples at ``rate`` past ``max_seconds`` (``at_least``: decoding stopped there)."""
     if max_seconds is not None and frames > max_seconds * rate:
-        raise AudioTooLongError(f"the audio lasts {frames / rate:.1f} s, over the limit of {max_seconds:g} s",
+        lasts = f"more than {max_seconds:g} s" if at_least else f"{frames / rate:.1f} s"
+        raise AudioTooLongError(f"the audio lasts {lasts}, over the limit of {max_seconds:g} s",
                                 hint="send a shorter clip, or split it")
 
 
@@ -386,11 +391,18 @@ def _decode_soundfile(f: IO[bytes], kind: str | None, max_seconds: float | None,
     try:
         with sf.SoundFile(f) as snd:
             rate, declared = int(snd.samplerate), int(snd.frames)
+            unknown = declared >= _UNKNOWN_FRAMES  # a streamed file (FLAC with 0 total samples): no length
             known = 0 < declared < _UNKNOWN_FRAMES
             if known:
                 _check_length(declared, rate, max_seconds)
             limit = -1 if max_seconds is None else int(max_seconds * rate) + 1
-            samples = snd.read(frames=limit, dtype="float32", always_2d=True)
+            if not unknown:
+                samples = snd.read(frames=limit, dtype="float32", always_2d=True)
+        if unknown:  # libsndfile cannot read these to the end: ffmpeg can
+            if _have_pyav() and kind in _PYAV_KINDS:
+                return _decode_pyav(f, kind, max_seconds, what)
+            raise AudioFormatError(f"{what} does not state its length, which needs PyAV to decode",
+                                   hint="pip install av, or send a file with a complete header")
     except sf.LibsndfileError as exc:
         detail = str(exc).split(": ", 1)[-1].strip() if ": " in str(exc) else str(exc)
         if kind is None:
@@ -406,8 +418,8 @@ def _decode_soundfile(f: IO[bytes], kind: str | None, max_seconds: float | None,
     except (RuntimeError, ValueError, TypeError) as exc:  # soundfile raises these for odd headers
         raise AudioDecodeError(f"{what} could not be decoded as audio: {exc}",
                                hint="send a WAV, FLAC, OGG or MP3 file") from exc
-    _check_length(samples.shape[0], rate, max_seconds)
-    if known and limit < 0 < declared - samples.shape[0]:
+    _check_length(samples.shape[0], rate, max_seconds, at_least=True)
+    if known and samples.shape[0] < declared:  # (a read cut at the limit was refused just above)
         # The header's length is exact for every format but MP3, whose length may be estimated from the size.
         slack = 0 if kind != "mp3" else max(2304, declared // 20)
         if samples.shape[0] + slack < declared:
@@ -454,7 +466,7 @@ def _decode_pyav(f: IO[bytes], kind: str | None, max_seconds: float | None, what
                     chunks.append(arr)
                     total += arr.shape[1]
                 if limit is not None and total > limit:
-                    _check_length(total, rate, max_seconds)
+                    _check_length(total, rate, max_seconds, at_least=True)
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray())
     except AudioError:
@@ -551,19 +563,23 @@ class AudioProcessor:
     def __call__(self, audios: Sequence[np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def _pad(self, waves: list[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(N, length)`` float32 padded with ``padding_value`` on ``padding_side``, and the int64 mask."""
-        out = np.full((len(waves), length), self.padding_value, dtype=np.float32)
-        mask = np.zeros((len(waves), length), dtype=np.int64)
+    def _pad(self, waves: list[np.ndarray], length: int) -> np.ndarray:
+        """``(N, length)`` float32, each clip padded with ``padding_value`` on ``padding_side`` (or cut)."""
+        left = self.padding_side == "left"
+        out = np.empty((len(waves), length), dtype=np.float32)
         for i, w in enumerate(waves):
             n = min(len(w), length)
-            if self.padding_side == "left":
-                out[i, length - n:] = w[:n]
-                mask[i, length - n:] = 1
-            else:
-                out[i, :n] = w[:n]
-                mask[i, :n] = 1
-        return out, mask
+            real, pad = (slice(length - n, length), slice(0, length - n)) if left else (slice(0, n), slice(n, length))
+            out[i, real] = w[:n]
+            out[i, pad] = self.padding_value
+        return out
+
+    def _mask(self, waves: list[np.ndarray], length: int) -> np.ndarray:
+        """The int64 ``(N, length)`` attention mask of :meth:`_pad`: 1 on real samples."""
+        pos = np.arange(length)
+        n = np.minimum([len(w) for w in waves], length)[:, None]
+        real = pos >= length - n if self.padding_side == "left" else pos < n
+        return real.astype(np.int64)
 
 
 def _normalize(w: np.ndarray) -> np.ndarray:
@@ -595,10 +611,10 @@ class Wav2Vec2FeatureExtractor(AudioProcessor):
         waves = _waveforms(audios)
         if self.do_normalize:
             waves = [_normalize(w) for w in waves]
-        values, mask = self._pad(waves, max(len(w) for w in waves))
-        out = {"input_values": values}
+        length = max(len(w) for w in waves)
+        out = {"input_values": self._pad(waves, length)}
         if self.return_attention_mask:
-            out["attention_mask"] = mask
+            out["attention_mask"] = self._mask(waves, length)
         return out
 
 
@@ -638,7 +654,7 @@ class WhisperFeatureExtractor(AudioProcessor):
 
     def log_mel(self, padded: np.ndarray) -> np.ndarray:
         """Log-mel ``(N, n_mels, frames)`` of a ``(N, T)`` batch already cut/padded to its final length."""
-        x = np.asarray(padded, dtype=np.float64)
+        x = np.asarray(padded)
         if self.dither:
             rng = np.random.default_rng(self.seed)
             x = x + self.dither * rng.standard_normal(x.shape)
@@ -661,10 +677,9 @@ class WhisperFeatureExtractor(AudioProcessor):
             length = longest
         else:
             raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
-        values, mask = self._pad(waves, length)
-        out = {"input_features": self.log_mel(values)}
+        out = {"input_features": self.log_mel(self._pad(waves, length))}
         if self.return_attention_mask:
-            out["attention_mask"] = mask[:, ::self.hop_length][:, :length // self.hop_length]
+            out["attention_mask"] = self._mask(waves, length)[:, ::self.hop_length][:, :length // self.hop_length]
         return out
 
 

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from gpux import errors
 from gpux.engine.providers import alias_of
 from gpux.generate.scheduler import CacheFullError, GenerationTimeoutError, SchedulerClosedError
+from gpux.preprocess.image import ImageTooLargeError
 from gpux.serve.admission import Admission
 from gpux.serve.batcher import BatchTiming, ClientGoneError, ModelUnloadedError, QueueFullError, RequestTooLargeError
 from gpux.serve.manager import Loaded, ModelManager, ModelTooLargeError
@@ -65,7 +66,7 @@ class BodyTimeoutError(errors.UsageError):
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (QueueFullError, 429), (CacheFullError, 429), (GenerationTimeoutError, 504), (SchedulerClosedError, 503), (RequestTooLargeError, 413), (ModelUnloadedError, 503), (ClientGoneError, 499),
-    (BodyTimeoutError, 408), (BodyTooLargeError, 413), (ModelTooLargeError, 507), (errors.ModelNotFoundError, 404),
+    (BodyTimeoutError, 408), (BodyTooLargeError, 413), (ImageTooLargeError, 413), (ModelTooLargeError, 507), (errors.ModelNotFoundError, 404),
     (errors.InputError, 400), (errors.UsageError, 400), (errors.ProviderError, 503),
     (asyncio.TimeoutError, 504), (errors.GpuxError, 500),
 )
@@ -273,7 +274,7 @@ def create_app(manager: ModelManager, settings: ServeSettings | None = None) -> 
                                     hint=f"allowed: {exc.headers.get('Allow', '?') if exc.headers else '?'}")
         return FastJSON(error_body(request, err, exc.status_code), status_code=exc.status_code, headers=exc.headers)
 
-    from gpux.serve import compat, generate_routes, native, ollama_gen, openai_gen, rerank
+    from gpux.serve import compat, generate_routes, media_routes, native, ollama_gen, openai_gen, rerank
 
     native.register(app)
     compat.register(app)
@@ -281,6 +282,7 @@ def create_app(manager: ModelManager, settings: ServeSettings | None = None) -> 
     openai_gen.register(app)
     ollama_gen.register(app)
     generate_routes.register(app)
+    media_routes.register(app)
     return app
 
 

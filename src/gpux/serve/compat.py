@@ -51,8 +51,11 @@ def _texts(value: Any, field: str) -> list[str]:
     return items
 
 
-def _embedding_check(field: str) -> Callable[[Loaded, list[Any]], list[str]]:
-    def check(loaded: Loaded, items: list[Any]) -> list[str]:
+def _embedding_check(field: str) -> Callable[[Loaded, list[Any]], list[Any]]:
+    def check(loaded: Loaded, items: list[Any]) -> list[Any]:
+        embed = getattr(loaded.task, "embedding_items", None)
+        if embed is not None:  # image (and CLIP-style text) embeddings: data URLs, as infinity takes them
+            return embed(items[0])  # type: ignore[no-any-return]
         if loaded.model.bundle.manifest.task != "feature-extraction":
             raise UsageError(f"model {loaded.name} is not an embedding model (task: "
                              f"{loaded.model.bundle.manifest.task})", hint="use a feature-extraction model")

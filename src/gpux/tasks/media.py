@@ -95,9 +95,7 @@ class ImageTask(MediaTask):
         self.processor = ImageProcessor.from_config(self.processor_config)
 
     def prepare(self, source: Any, index: int) -> np.ndarray:
-        from gpux.preprocess.image import load_image
-
-        return self.processor([load_image(source, allow_paths=self.allow_paths)])[0]  # type: ignore[no-any-return]
+        return self.processor.process_one(source, allow_paths=self.allow_paths)  # type: ignore[no-any-return]
 
     def feed(self, items: list[Any]) -> dict[str, np.ndarray]:
         return {"pixel_values": np.stack(items).astype(np.float32, copy=False)}

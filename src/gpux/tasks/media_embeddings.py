@@ -17,6 +17,10 @@ class ImageEmbeddings(ImageTask):
     answer_key = "embeddings"
     unit = "vectors"
 
+    def embedding_items(self, value: Any) -> list[Any]:
+        """``/v1/embeddings`` inputs: image data URLs (or bytes)."""
+        return self.items({"inputs": value})
+
     def answers(self, output: np.ndarray, items: list[Any]) -> list[Any]:
         return [row.astype(np.float32) for row in output]
 

@@ -49,6 +49,16 @@ class ZeroShotImageClassifier(ImageTask):
             raise UsageError(f'unknown parameter "{unknown[0]}"', hint="use candidate_labels, hypothesis_template")
         return [(pixels, tuple(labels), template) for pixels in super().items(payload)]
 
+    def embedding_items(self, value: Any) -> list[Any]:
+        """``/v1/embeddings`` inputs: image data URLs (or bytes) embed through the vision tower, text through the
+        text tower; each becomes an item :meth:`run_counted` answers with its vector."""
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, (str, bytes)) for v in values):
+            raise UsageError('"input" must be a string (text or an image data URL) or a list of them',
+                             hint='e.g. "input": ["a photo of a cat", "data:image/png;base64,..."]')
+        return [("image", self.prepare(v, i)) if isinstance(v, bytes) or v.startswith("data:image/")
+                else ("text", v) for i, v in enumerate(values)]
+
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         enc = self.tokenizer.encode_batch(texts)
         feed = {"input_ids": np.asarray([e.ids for e in enc], np.int64),
@@ -60,6 +70,16 @@ class ZeroShotImageClassifier(ImageTask):
         return np.asarray(self.model.run(feed, graph="vision")[self.config["image_output"]], np.float32)
 
     def run_counted(self, items: list[Any], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
+        embeds = [i for i, item in enumerate(items) if isinstance(item[0], str)]  # /v1/embeddings items
+        if embeds:  # the batcher may merge them with zero-shot requests: each kind answered, order kept
+            out: list[Any] = [None] * len(items)
+            for i, vec in zip(embeds, self._embeddings([items[i] for i in embeds])):
+                out[i] = vec
+            rest = [i for i in range(len(items)) if i not in set(embeds)]
+            if rest:
+                for i, answer in zip(rest, self.run_counted([items[i] for i in rest])[0]):
+                    out[i] = answer
+            return out, [1] * len(items)
         images = _unit(self.embed_images([p for p, _, _ in items]))
         prompts = sorted({template.format(label) for _, labels, template in items for label in labels})
         texts = dict(zip(prompts, _unit(self.embed_texts(prompts))))
@@ -70,6 +90,19 @@ class ZeroShotImageClassifier(ImageTask):
             scores = 1 / (1 + np.exp(-(logits + bias))) if bias is not None else softmax(logits.astype(np.float64))
             answers.append([{"label": labels[i], "score": float(scores[i])} for i in np.argsort(-scores, kind="stable")])
         return answers, [1] * len(items)
+
+
+    def _embeddings(self, items: list[Any]) -> list[Any]:
+        out: list[Any] = [None] * len(items)
+        texts = [(i, v) for i, (kind, v) in enumerate(items) if kind == "text"]
+        images = [(i, v) for i, (kind, v) in enumerate(items) if kind == "image"]
+        if texts:
+            for (i, _), vec in zip(texts, self.embed_texts([v for _, v in texts])):
+                out[i] = vec
+        if images:
+            for (i, _), vec in zip(images, self.embed_images([v for _, v in images])):
+                out[i] = vec
+        return out
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,232 @@
+"""Images and audio end to end: random-weight ViT, ResNet, EfficientNet, MobileNetV2, CLIP and wav2vec2 with
+their own processors saved with defaults, converted by gpux, run on odd inputs, compared with PyTorch fed by
+transformers' own processors; bad inputs refused with clear errors, over HTTP too."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gpux
+from gpux.store.local import Store
+
+LABELS = {i: f"class_{i}" for i in range(5)}
+
+
+def _images() -> dict[str, bytes]:
+    """Odd sizes and modes: RGBA, grayscale, palette, and a JPEG whose EXIF says "rotate 90°"."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, mode, size in (("rgba.png", "RGBA", (50, 37)), ("gray.png", "L", (40, 90)), ("pal.png", "P", (33, 33))):
+        arr = rng.integers(0, 255, (size[1], size[0], 4 if mode == "RGBA" else 1), dtype=np.uint8)
+        img = Image.fromarray(arr.squeeze(-1) if mode != "RGBA" else arr, "RGBA" if mode == "RGBA" else "L")
+        buf = io.BytesIO()
+        (img.convert("P") if mode == "P" else img).save(buf, "PNG")
+        out[name] = buf.getvalue()
+    photo = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), "RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    out["rotated.jpg"] = buf.getvalue()
+    return out
+
+
+def _families() -> dict[str, tuple[Any, Any]]:
+    import transformers as tf
+
+    labelled = {"id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}}
+    return {
+        "vit": (tf.ViTForImageClassification(tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                           intermediate_size=64, image_size=64, patch_size=16,
+                                                           **labelled)),
+                tf.ViTImageProcessor(size={"height": 64, "width": 64})),
+        "resnet": (tf.ResNetForImageClassification(tf.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32],
+                                                                   depths=[1, 1], **labelled)),
+                   tf.ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=0.875)),
+        "efficientnet": (tf.EfficientNetForImageClassification(tf.EfficientNetConfig(
+            image_size=64, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320, **labelled)),
+            tf.EfficientNetImageProcessor(size={"height": 64, "width": 64})),
+        "mobilenet_v2": (tf.MobileNetV2ForImageClassification(tf.MobileNetV2Config(image_size=64, depth_multiplier=0.35,
+                                                                                   **labelled)),
+                         tf.MobileNetV2ImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})),
+    }
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every family converted once into one store: name -> (folder, model ref); plus the store root."""
+    import torch
+
+    from gpux.convert.pipeline import convert
+
+    root = tmp_path_factory.mktemp("media-home")
+    src = tmp_path_factory.mktemp("media-src")
+    out: dict[str, Any] = {"root": root}
+    torch.manual_seed(0)
+    for name, (model, processor) in _families().items():
+        folder = src / name
+        with torch.no_grad():  # livelier weights than some families' init (EfficientNet's head starts at zero)
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0, 0.2)
+        model.eval().save_pretrained(folder)
+        processor.save_pretrained(folder)
+        bundle = convert(folder, name=f"tiny-{name}", source={"kind": "local", "path": str(folder)}, store=Store(root))
+        assert bundle.manifest.task == "image-classification"
+        out[name] = (folder, f"tiny-{name}:image-classification")
+    return out
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet", "efficientnet", "mobilenet_v2"])
+def test_image_classifiers_match_pytorch_fed_by_transformers(media: dict[str, Any], family: str) -> None:
+    import torch
+    import transformers as tf
+    from PIL import Image
+    from transformers.image_utils import load_image
+
+    folder, ref = media[family]
+    model = gpux.load(ref, store=Store(media["root"]))
+    images = _images()
+    got = model.predict({"inputs": list(images.values())})["predictions"]
+    processor = tf.AutoImageProcessor.from_pretrained(folder)
+    torch_model = tf.AutoModelForImageClassification.from_pretrained(folder).eval()
+    for answer, data in zip(got, images.values()):
+        pixels = processor(images=load_image(Image.open(io.BytesIO(data))), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            logp = torch.log_softmax(torch_model(pixel_values=pixels).logits[0], -1).numpy()
+        ours = {p["label"]: np.log(p["score"]) for p in answer}
+        assert len(answer) == 5 and [p["score"] for p in answer] == sorted((p["score"] for p in answer), reverse=True)
+        for i, label in LABELS.items():
+            assert abs(ours[label] - logp[i]) <= 0.05, (family, label, ours[label], logp[i])
+
+
+def test_image_classification_from_the_cli_and_paths(media: dict[str, Any], tmp_path: Path) -> None:
+    from conftest import gpux as cli
+
+    path = tmp_path / "cat.png"
+    path.write_bytes(_images()["rgba.png"])
+    url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    done = cli("run", media["vit"][1], "--input", json.dumps({"inputs": [str(path), url]}),
+               env={"GPUX_HOME": str(media["root"])})
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["task"] == "image-classification" and out["predictions"][0] == out["predictions"][1]
+
+
+@pytest.mark.parametrize("payload,words", [
+    ({"inputs": ["data:image/png;base64,bm90IGFuIGltYWdl"]}, "not an image"),
+    ({"inputs": ["data:image/png;base64,%%%"]}, "base64"),
+])
+def test_bad_images_are_exit_2_naming_the_problem(media: dict[str, Any], payload: dict[str, Any], words: str) -> None:
+    from conftest import gpux as cli
+
+    done = cli("run", media["vit"][1], "--input", json.dumps(payload), env={"GPUX_HOME": str(media["root"])})
+    assert done.returncode == 2 and words in done.stderr.lower(), done.stderr
+
+
+def test_images_over_http_bytes_only(media: dict[str, Any], tmp_path: Path) -> None:
+    """/predict takes data URLs; a path is refused (the server never reads its own disk); a truncated file and
+    a huge image are clear 400/413 errors and the server stays up."""
+    import httpx
+    from PIL import Image
+
+    from gpux.serve.app import create_app
+    from gpux.serve.manager import ModelManager
+    from serve_helpers import LiveServer
+
+    png = _images()["gray.png"]
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png)
+    big = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(big, "PNG")
+    big_url = "data:image/png;base64," + base64.b64encode(big.getvalue()).decode()
+    with LiveServer(create_app(ModelManager(store=Store(media["root"])))) as server:
+        ok = httpx.post(f"{server.url}/predict/{media['vit'][1]}", json={"inputs": [url, url]}, timeout=60)
+        assert ok.status_code == 200 and len(ok.json()["predictions"]) == 2
+        path = httpx.post(f"{server.url}/predict/{media['vit'][1]}", json={"inputs": [str(secret)]}, timeout=60)
+        assert path.status_code == 400 and "path" in path.json()["error"]
+        cut = "data:image/png;base64," + base64.b64encode(png[: len(png) // 2]).decode()
+        truncated = httpx.post(f"{server.url}/predict/{media['vit'][1]}", json={"inputs": [cut]}, timeout=60)
+        assert truncated.status_code == 400, truncated.text
+        huge = httpx.post(f"{server.url}/predict/{media['vit'][1]}", json={"inputs": [big_url]}, timeout=60)
+        assert huge.status_code in (400, 413), huge.text
+        assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+# -- CLIP: two towers, zero-shot, image embeddings over OpenAI's route -----------------------------------
+
+@pytest.fixture(scope="module")
+def clip(media: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    import torch
+    import transformers as tf
+
+    from gpux.convert.pipeline import convert
+    from lm_models import tokenizer
+
+    folder = tmp_path_factory.mktemp("clip-src") / "tiny-clip"
+    tok = tokenizer()
+    cfg = tf.CLIPConfig(text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
+                                     "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 77,
+                                     "eos_token_id": 2},
+                        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                        projection_dim=16)
+    torch.manual_seed(0)
+    tf.CLIPModel(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    bundle = convert(folder, name="tiny-clip", source={"kind": "local", "path": str(folder)}, store=Store(media["root"]))
+    assert bundle.manifest.task == "zero-shot-image-classification"
+    assert set(bundle.manifest.graphs) == {"text", "vision"}
+    return folder, "tiny-clip:zero-shot-image-classification"
+
+
+def test_clip_zero_shot_ranking_matches_pytorch(media: dict[str, Any], clip: tuple[Path, str]) -> None:
+    import torch
+    import transformers as tf
+    from PIL import Image
+    from transformers.image_utils import load_image
+
+    folder, ref = clip
+    labels = ["cat", "dog", "car", "tree"]
+    data = _images()["rotated.jpg"]
+    got = gpux.load(ref, store=Store(media["root"])).predict(
+        {"inputs": data, "parameters": {"candidate_labels": labels, "hypothesis_template": "a photo of {}"}})
+    ranking = got["predictions"][0]
+    model = tf.CLIPModel.from_pretrained(folder).eval()
+    tok = tf.AutoTokenizer.from_pretrained(folder)
+    pixels = tf.CLIPImageProcessor.from_pretrained(folder)(images=load_image(Image.open(io.BytesIO(data))),
+                                                           return_tensors="pt")["pixel_values"]
+    texts = tok([f"a photo of {x}" for x in labels], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(pixel_values=pixels, **texts).logits_per_image.softmax(-1)[0].numpy()
+    assert [p["label"] for p in ranking] == [labels[i] for i in np.argsort(-probs, kind="stable")]
+    for p in ranking:
+        assert abs(p["score"] - probs[labels.index(p["label"])]) < 1e-4
+
+
+def test_openai_embeddings_take_image_data_urls_for_clip(media: dict[str, Any], clip: tuple[Path, str]) -> None:
+    import openai
+
+    from gpux.serve.app import create_app
+    from gpux.serve.manager import ModelManager
+    from serve_helpers import LiveServer
+
+    url = "data:image/png;base64," + base64.b64encode(_images()["pal.png"]).decode()
+    task = gpux.load(clip[1], store=Store(media["root"])).task
+    with LiveServer(create_app(ModelManager(store=Store(media["root"])))) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        out = client.embeddings.create(model=clip[1], input=["a photo of a cat", url])
+    text_vec, image_vec = (np.asarray(d.embedding) for d in out.data)
+    assert np.allclose(text_vec, task.embed_texts(["a photo of a cat"])[0], atol=1e-5)
+    assert np.allclose(image_vec, task.embed_images([task.prepare(url, 0)])[0], atol=1e-5)
