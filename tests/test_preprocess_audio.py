@@ -7,7 +7,7 @@ the comparison isolates the feature math. Bounds (max abs difference):
 
 * Wav2Vec2 ``input_values``: 1e-6 (same float32 operations; measured 0)
 * Whisper log-mel vs transformers' numpy path: 1e-5 (measured ~1.2e-7); vs its torch path: 1e-4 (~1e-5)
-* CLAP dB log-mel: 1e-3 dB on values of magnitude ~100 (float32 output; measured ~1e-5), fusion crops the same
+* CLAP dB log-mel: 1e-4 dB on values up to ~100 dB (float32 output; measured <= 4e-5), fusion crops the same
 * loading lossless files vs ``transformers.audio_utils.load_audio(backend="soundfile")``: 0 (same steps)
 * soxr HQ vs the pipelines' torchaudio sinc resampler: 3e-3 on tones up to half the Nyquist frequency
   (measured ~1e-3); above it torchaudio's filter droops, so broadband signals differ by ~1e-2 rms
@@ -260,6 +260,8 @@ def test_truncated_compressed_files(soundfile_mp3: bool, monkeypatch: pytest.Mon
         for frac in (0.3, 0.9):
             with pytest.raises(A.AudioDecodeError, match="truncated"):
                 A.load_audio(data[: int(len(data) * frac)], 16000)
+            with pytest.raises(A.AudioDecodeError, match="truncated"):
+                A.load_audio(data[: int(len(data) * frac)], 16000, max_seconds=60)
         assert len(A.load_audio(data, 16000)) >= 3 * 16000
 
 
@@ -286,12 +288,15 @@ def test_too_long() -> None:
         A.load_audio(mp3, 16000, max_seconds=2)
 
 
-def test_too_long_checked_while_decoding_when_header_lies() -> None:
-    wav = bytearray(encode(signal(8000, 5.0), 8000, "WAV", "PCM_16"))
-    data_at = wav.index(b"data")
-    wav[data_at + 4:data_at + 8] = (0xFFFFFFFF).to_bytes(4, "little")  # streaming WAV: length unknown
-    with pytest.raises(A.AudioTooLongError):
-        A.load_audio(bytes(wav), 16000, max_seconds=2)
+def test_streamed_file_without_length() -> None:
+    x = signal(8000, 5.0)
+    flac = bytearray(encode(x, 8000, "FLAC", "PCM_16"))
+    flac[21] &= 0xF0  # STREAMINFO total samples (36 bits) = 0: "unknown", as streaming encoders write
+    flac[22:26] = b"\0\0\0\0"
+    pytest.importorskip("av", reason="PyAV decodes files without a length")
+    np.testing.assert_allclose(A.load_audio(bytes(flac), 8000), x, atol=1e-4)
+    with pytest.raises(A.AudioTooLongError, match="more than 2 s"):  # caught while decoding
+        A.load_audio(bytes(flac), 16000, max_seconds=2)
 
 
 def test_empty() -> None:
@@ -301,6 +306,8 @@ def test_empty() -> None:
         A.load_audio(encode(np.zeros(0, np.float32), 16000, "WAV", "PCM_16"), 16000)
     with pytest.raises(A.EmptyAudioError):
         A.load_audio(np.zeros(0, np.float32), 16000)
+    with pytest.raises(A.EmptyAudioError):
+        A.load_audio([], 16000)
     with pytest.raises(A.EmptyAudioError):
         A.WhisperFeatureExtractor({})([np.zeros(0, np.float32)])
 
@@ -485,7 +492,7 @@ def test_clap_short_clips_match_transformers(clip: tuple[str, int, np.ndarray], 
         channels = 4 if truncation == "fusion" else 1
         assert out["input_features"].shape == (1, channels, 1001, 64) == ref["input_features"].shape
         assert out["input_features"].dtype == np.float32 and out["is_longer"].dtype == np.bool_
-        assert np.abs(out["input_features"] - ref["input_features"]).max() <= 1e-3
+        assert np.abs(out["input_features"] - ref["input_features"]).max() <= 1e-4
         np.testing.assert_array_equal(out["is_longer"], ref["is_longer"])
 
 
@@ -500,7 +507,7 @@ def test_clap_long_clip_matches_transformers_seeded(truncation: str) -> None:
     np.random.seed(0)
     ref = hf(w, sampling_rate=48000, return_tensors="np")
     assert out["input_features"].shape == ref["input_features"].shape
-    assert np.abs(out["input_features"] - ref["input_features"]).max() <= 1e-3
+    assert np.abs(out["input_features"] - ref["input_features"]).max() <= 1e-4
     assert out["is_longer"].tolist() == [[True]] == ref["is_longer"].tolist()
     np.testing.assert_array_equal(proc([w])["input_features"], out["input_features"])  # deterministic
 
@@ -517,4 +524,4 @@ def test_clap_batch_rules() -> None:
     np.random.seed(0)  # transformers picks np.random.randint(0, 2) -> 0 with this seed
     ref = hf([a, b], sampling_rate=48000, return_tensors="np")
     np.testing.assert_array_equal(out["is_longer"], ref["is_longer"])
-    assert np.abs(out["input_features"] - ref["input_features"]).max() <= 1e-3
+    assert np.abs(out["input_features"] - ref["input_features"]).max() <= 1e-4

@@ -135,6 +135,8 @@ def check_task(folder: Path, task: str) -> None:
     """:class:`ConvertError` when the model's head cannot do ``task`` (a ``--task`` the weights lack a head for)."""
     able = capabilities(folder)
     wanted = "feature-extraction" if task.endswith("feature-extraction") else task  # image-/audio- embeddings
+    if wanted in ("audio-classification", "image-classification") and "text-classification" in (able[1] if able else ()):
+        return  # an audio model's …ForSequenceClassification head
     if able is None or wanted in able[1]:
         return
     arch, tasks = able

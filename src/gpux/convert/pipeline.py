@@ -115,10 +115,13 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
     from gpux.convert.media import media_input
 
     media = media_input(folder) if (folder / "config.json").is_file() else None
-    if media is not None and task in (None, "feature-extraction"):
+    if media is not None and task in (None, "feature-extraction", "text-classification"):
         task = task or detect_task(folder, SUPPORTED_TASKS)
+        kind = "image" if media == "pixel_values" else "audio"
         if task == "feature-extraction":  # a backbone's embeddings, by what it takes
-            task = "image-feature-extraction" if media == "pixel_values" else "audio-feature-extraction"
+            task = f"{kind}-feature-extraction"
+        elif task == "text-classification":  # …ForSequenceClassification of an audio model (wav2vec2, HuBERT)
+            task = f"{kind}-classification"
     task = task or detect_task(folder, SUPPORTED_TASKS)
     if (media is None) != (task not in MEDIA_TASKS):
         raise ConvertError(f"task {task} does not fit this model: it takes "

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from gpux import errors
 from gpux.engine.providers import alias_of
 from gpux.generate.scheduler import CacheFullError, GenerationTimeoutError, SchedulerClosedError
+from gpux.preprocess.audio import AudioTooLongError
 from gpux.preprocess.image import ImageTooLargeError
 from gpux.serve.admission import Admission
 from gpux.serve.batcher import BatchTiming, ClientGoneError, ModelUnloadedError, QueueFullError, RequestTooLargeError
@@ -66,7 +67,7 @@ class BodyTimeoutError(errors.UsageError):
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (QueueFullError, 429), (CacheFullError, 429), (GenerationTimeoutError, 504), (SchedulerClosedError, 503), (RequestTooLargeError, 413), (ModelUnloadedError, 503), (ClientGoneError, 499),
-    (BodyTimeoutError, 408), (BodyTooLargeError, 413), (ImageTooLargeError, 413), (ModelTooLargeError, 507), (errors.ModelNotFoundError, 404),
+    (BodyTimeoutError, 408), (BodyTooLargeError, 413), (ImageTooLargeError, 413), (AudioTooLongError, 413), (ModelTooLargeError, 507), (errors.ModelNotFoundError, 404),
     (errors.InputError, 400), (errors.UsageError, 400), (errors.ProviderError, 503),
     (asyncio.TimeoutError, 504), (errors.GpuxError, 500),
 )

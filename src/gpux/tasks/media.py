@@ -105,6 +105,8 @@ class AudioTask(MediaTask):
     """Audio in: each source decoded, mixed to mono, resampled to the model's rate, then its features."""
 
     unit = "audio"
+    #: Longest clip accepted (checked from the file's header before decoding where it can be); past it 413.
+    max_seconds = 600.0
 
     def __init__(self, model: Model) -> None:
         super().__init__(model)
@@ -116,7 +118,8 @@ class AudioTask(MediaTask):
     def prepare(self, source: Any, index: int) -> np.ndarray:
         from gpux.preprocess.audio import load_audio
 
-        return load_audio(source, self.rate, allow_paths=self.allow_paths)  # type: ignore[no-any-return]
+        return load_audio(source, self.rate, allow_paths=self.allow_paths,  # type: ignore[no-any-return]
+                          max_seconds=self.max_seconds)
 
     def feed(self, items: list[Any]) -> dict[str, np.ndarray]:
         features = self.processor(items)
