@@ -345,3 +345,21 @@ def test_openai_transcriptions_and_bad_audio(media: dict[str, Any], speech: dict
         path = httpx.post(f"{server.url}/predict/{ref}", json={"inputs": ["/etc/hostname"]}, timeout=60)
         assert path.status_code == 400
         assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_kserve_v2_infer_takes_images_as_bytes_rows(media: dict[str, Any]) -> None:
+    import httpx
+
+    from gpux.serve.app import create_app
+    from gpux.serve.manager import ModelManager
+    from serve_helpers import LiveServer
+
+    ref = media["vit"][1]
+    urls = ["data:image/png;base64," + base64.b64encode(b).decode() for b in list(_images().values())[:2]]
+    want = gpux.load(ref, store=Store(media["root"])).predict({"inputs": urls})["predictions"]
+    with LiveServer(create_app(ModelManager(store=Store(media["root"])))) as server:
+        r = httpx.post(f"{server.url}/v2/models/{ref}/infer", timeout=60,
+                       json={"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": urls}]})
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["name"] == "predictions" and [json.loads(x) for x in out["data"]] == want

@@ -188,7 +188,7 @@ def register(app: FastAPI) -> None:
 
 
 #: BYTES inputs a task model takes on KServe v2 instead of its graph's tensors.
-TEXT_INPUTS = ("text", "text_pair", "question", "context")
+TEXT_INPUTS = ("text", "text_pair", "question", "context", "image", "audio")
 
 
 def _text_request(body: dict[str, Any]) -> bool:
@@ -223,13 +223,15 @@ def _text_payload(body: dict[str, Any]) -> dict[str, Any]:
     n = rows.pop()
     if keys == {"text"}:
         inputs: Any = columns["text"]
+    elif keys in ({"image"}, {"audio"}):  # image and audio models: each row a data URL (bytes never a path)
+        inputs = columns[keys.pop()]
     elif keys == {"text", "text_pair"}:
         inputs = [{"text": columns["text"][i], "text_pair": columns["text_pair"][i]} for i in range(n)]
     elif keys == {"question", "context"}:
         inputs = [{"question": columns["question"][i], "context": columns["context"][i]} for i in range(n)]
     else:
         raise InputNameError(f"text inputs {sorted(keys)} do not go together",
-                             hint="send text; text and text_pair; or question and context")
+                             hint="send text; text and text_pair; question and context; image; or audio")
     params = body.get("parameters")
     return {"inputs": inputs, **({"parameters": params} if params else {})}
 
