@@ -229,7 +229,7 @@ def test_openai_embeddings_take_image_data_urls_for_clip(media: dict[str, Any], 
         out = client.embeddings.create(model=clip[1], input=["a photo of a cat", url])
     text_vec, image_vec = (np.asarray(d.embedding) for d in out.data)
     assert np.allclose(text_vec, task.embed_texts(["a photo of a cat"])[0], atol=1e-5)
-    assert np.allclose(image_vec, task.embed_images([task.prepare(url, 0)])[0], atol=1e-5)
+    assert np.allclose(image_vec, task.embed_media([task.prepare(url, 0)])[0], atol=1e-5)
 
 
 # -- audio: wav2vec2 CTC and audio classification -------------------------------------------------------
@@ -363,3 +363,44 @@ def test_kserve_v2_infer_takes_images_as_bytes_rows(media: dict[str, Any]) -> No
     assert r.status_code == 200, r.text
     out = r.json()["outputs"][0]
     assert out["name"] == "predictions" and [json.loads(x) for x in out["data"]] == want
+
+
+def test_clap_zero_shot_audio_matches_pytorch(media: dict[str, Any], tmp_path: Path) -> None:
+    """CLAP: text and audio towers as two graphs; the zero-shot ranking of a clip equals PyTorch's."""
+    import torch
+    import transformers as tf
+
+    from gpux.convert.pipeline import convert
+    from gpux.preprocess.audio import load_audio
+    from lm_models import tokenizer
+
+    folder = tmp_path / "tiny-clap"
+    tok = tokenizer()
+    cfg = tf.ClapConfig(text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
+                                     "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 80},
+                        audio_config={"hidden_size": 32, "depths": [1, 1], "num_attention_heads": [2, 2],
+                                      "patch_embeds_hidden_size": 16, "window_size": 4, "projection_dim": 16,
+                                      "enable_fusion": True},
+                        projection_dim=16)
+    torch.manual_seed(0)
+    tf.ClapModel(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    tf.ClapFeatureExtractor().save_pretrained(folder)
+    bundle = convert(folder, name="tiny-clap", source={"kind": "local", "path": str(folder)}, store=Store(media["root"]))
+    assert bundle.manifest.task == "zero-shot-audio-classification" and set(bundle.manifest.graphs) == {"text", "audio"}
+    labels = ["dog barking", "rain", "piano"]
+    clip = _speech(48000, 1, seconds=2.0)
+    got = gpux.load(f"tiny-clap:{bundle.manifest.tag}", store=Store(media["root"])).predict(
+        {"inputs": [clip], "parameters": {"candidate_labels": labels, "hypothesis_template": "a sound of {}"}})
+    ranking = got["predictions"][0]
+    model = tf.ClapModel.from_pretrained(folder).eval()
+    hf_tok = tf.AutoTokenizer.from_pretrained(folder)
+    fe = tf.ClapFeatureExtractor.from_pretrained(folder)
+    audio = fe(load_audio(clip, 48000), sampling_rate=48000, return_tensors="pt")
+    texts = hf_tok([f"a sound of {x}" for x in labels], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**texts, input_features=audio["input_features"],
+                      is_longer=audio["is_longer"]).logits_per_audio.softmax(-1)[0].numpy()
+    assert [p["label"] for p in ranking] == [labels[i] for i in np.argsort(-probs, kind="stable")]
+    for p in ranking:
+        assert abs(p["score"] - probs[labels.index(p["label"])]) < 1e-3

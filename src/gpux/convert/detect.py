@@ -45,6 +45,7 @@ PIPELINE_TAGS: dict[str, str] = {
     "automatic-speech-recognition": "automatic-speech-recognition",
     "image-feature-extraction": "image-feature-extraction",
     "zero-shot-image-classification": "zero-shot-image-classification",
+    "zero-shot-audio-classification": "zero-shot-audio-classification",
 }
 #: config.json keys that sentence-transformers' CrossEncoder writes (v4+, and older versions).
 CROSS_ENCODER_KEYS = ("sentence_transformers", "sbert_ce_default_activation_function")
@@ -103,9 +104,11 @@ def head_of(arch: str) -> str:
 
 def tasks_of(arch: str, config: dict[str, Any]) -> tuple[str, ...]:
     """The tasks a checkpoint saved from ``arch`` can do (its head's, then embeddings); () if none."""
-    if is_base_model(arch) and isinstance(config.get("text_config"), dict) and \
-            isinstance(config.get("vision_config"), dict):
-        return ("zero-shot-image-classification",)  # a two-tower text-image model (CLIP, SigLIP)
+    if is_base_model(arch) and isinstance(config.get("text_config"), dict):  # two towers: CLIP, SigLIP, CLAP
+        if isinstance(config.get("vision_config"), dict):
+            return ("zero-shot-image-classification",)
+        if isinstance(config.get("audio_config"), dict):
+            return ("zero-shot-audio-classification",)
     if is_base_model(arch):
         return ("feature-extraction",)
     for suffix, task in ARCH_SUFFIXES.items():

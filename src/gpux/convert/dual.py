@@ -28,9 +28,11 @@ from gpux.errors import ConvertError
 PARITY_MIN_COSINE = 0.999
 
 
-def is_dual(config: dict[str, Any]) -> bool:
-    """A text–image two-tower config (what the checkpoint's class is decides the rest, at export)."""
-    return isinstance(config.get("text_config"), dict) and isinstance(config.get("vision_config"), dict)
+def second_tower(config: dict[str, Any]) -> str | None:
+    """"vision" or "audio" for a two-tower config (a text tower beside it), else None."""
+    if not isinstance(config.get("text_config"), dict):
+        return None
+    return next((k for k in ("vision", "audio") if isinstance(config.get(f"{k}_config"), dict)), None)
 
 
 def _features(out: Any) -> Any:
@@ -53,13 +55,19 @@ def export_dual(folder: Path, work: Path, processor: dict[str, Any], *, allow_pi
         raise ConvertError("the model has no .safetensors weights, only pickle files",
                            hint="pickle can run code when loaded; pass --allow-pickle if you trust the source")
     model = transformers.AutoModel.from_pretrained(folder, use_safetensors=has_safetensors).eval()
-    if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
-        raise ConvertError(f"{type(model).__name__} has no text and image feature methods",
-                           hint="zero-shot image classification needs a CLIP-style two-tower model")
-    h, w = image_size(processor, model.config)
-    vision_cfg = model.config.vision_config
-    channels = int(getattr(vision_cfg, "num_channels", 3) or 3)
+    audio = hasattr(model, "get_audio_features")
+    if not (hasattr(model, "get_text_features") and (audio or hasattr(model, "get_image_features"))):
+        raise ConvertError(f"{type(model).__name__} has no text and image (or audio) feature methods",
+                           hint="zero-shot classification needs a CLIP- or CLAP-style two-tower model")
+    h, w = image_size(processor, model.config) if not audio else (0, 0)
+    channels = int(getattr(getattr(model.config, "vision_config", None), "num_channels", 3) or 3)
     vocab = int(model.config.text_config.vocab_size)
+    if audio:  # the feature shape the model's own extractor makes, from one second of silence
+        from gpux.preprocess.audio import AudioProcessor
+
+        made = AudioProcessor.from_config(processor)([np.zeros(int(processor.get("sampling_rate") or 48000),
+                                                               np.float32)])
+        feature_shape = tuple(np.asarray(made["input_features"]).shape[1:])
 
     class Tower(torch.nn.Module):  # the model as a submodule: its weights are the graph's, not traced constants
         def __init__(self) -> None:
@@ -74,6 +82,10 @@ def export_dual(folder: Path, work: Path, processor: dict[str, Any], *, allow_pi
         def forward(self, pixel_values: Any) -> Any:
             return _features(self.model.get_image_features(pixel_values=pixel_values))
 
+    class Audio(Tower):
+        def forward(self, input_features: Any, is_longer: Any) -> Any:
+            return _features(self.model.get_audio_features(input_features=input_features, is_longer=is_longer))
+
     def text_example(batch: int, seq: int, seed: int) -> dict[str, Any]:
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(1, vocab, (batch, seq), generator=g)
@@ -86,11 +98,20 @@ def export_dual(folder: Path, work: Path, processor: dict[str, Any], *, allow_pi
         g = torch.Generator().manual_seed(seed)
         return {"pixel_values": torch.randn(batch, channels, h, w, generator=g)}
 
+    def audio_example(batch: int, _seq: int, seed: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(seed)
+        longer = torch.zeros(batch, 1, dtype=torch.bool)
+        longer[0, 0] = True
+        return {"input_features": torch.randn(batch, *feature_shape, generator=g), "is_longer": longer}
+
+    second = ("audio", Audio(), audio_example, {"input_features": {0: "batch"}, "is_longer": {0: "batch"}},
+              "audio_embeds") if audio else \
+        ("vision", Vision(), image_example, {"pixel_values": {0: "batch"}}, "image_embeds")
     parity = {}
     for name, tower, example, axes, output in (
             ("text", Text(), text_example, {"input_ids": {0: "batch", 1: "sequence"},
                                             "attention_mask": {0: "batch", 1: "sequence"}}, "text_embeds"),
-            ("vision", Vision(), image_example, {"pixel_values": {0: "batch"}}, "image_embeds")):
+            second):
         path = work / f"{name}.onnx"
         feed = example(2, 12, 0)
         with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
@@ -99,9 +120,11 @@ def export_dual(folder: Path, work: Path, processor: dict[str, Any], *, allow_pi
                               output_names=[output], dynamic_axes={**axes, output: {0: "batch"}}, opset_version=OPSET,
                               dynamo=False, do_constant_folding=True)
         parity[name] = _parity(tower, example, path)
-    scale = float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 1.0
+    # CLIP and SigLIP learn one scale; CLAP one per direction (the audio side's ranks labels for a clip).
+    learned = getattr(model, "logit_scale_a" if audio else "logit_scale", None)
+    scale = float(learned.exp().item()) if learned is not None else 1.0
     bias = float(model.logit_bias.item()) if getattr(model, "logit_bias", None) is not None else None
-    return {"exporter": "torchscript", "opset": OPSET, "seconds": round(time.perf_counter() - start, 3),
+    return {"exporter": "torchscript", "opset": OPSET, "second": second[0], "second_output": second[4], "seconds": round(time.perf_counter() - start, 3),
             "parity": parity, "logit_scale": scale, "logit_bias": bias, "image_size": [h, w],
             "model_type": model.config.model_type, "text_max_length": int(
                 getattr(model.config.text_config, "max_position_embeddings", 77) or 77),

@@ -16,10 +16,11 @@ from gpux.store.local import Store
 SUPPORTED_TASKS = ("feature-extraction", "text-classification", "text-ranking", "token-classification",
                    "question-answering", "fill-mask", "text-generation", "image-classification",
                    "audio-classification", "automatic-speech-recognition", "image-feature-extraction",
-                   "audio-feature-extraction", "zero-shot-image-classification")
+                   "audio-feature-extraction", "zero-shot-image-classification", "zero-shot-audio-classification")
 #: Tasks of image and audio models (convert/media.py); their embeddings are "<modality>-feature-extraction".
 MEDIA_TASKS = ("image-classification", "audio-classification", "automatic-speech-recognition",
-               "image-feature-extraction", "audio-feature-extraction", "zero-shot-image-classification")
+               "image-feature-extraction", "audio-feature-extraction", "zero-shot-image-classification",
+               "zero-shot-audio-classification")
 #: Tasks whose outputs are scores over config.id2label.
 LABELLED_TASKS = ("text-classification", "token-classification", "text-ranking")
 #: Activation class name (last dotted part, lower-cased) in a CrossEncoder config -> task.json activation.
@@ -127,8 +128,8 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
         raise ConvertError(f"task {task} does not fit this model: it takes "
                            f"{media or 'text (input_ids)'}", hint="leave --task out to detect it")
     store = store or Store()
-    if task == "zero-shot-image-classification":
-        return _convert_dual(folder, name=name, source=source, allow_pickle=allow_pickle, store=store)
+    if task.startswith("zero-shot-"):
+        return _convert_dual(folder, name=name, source=source, task=task, allow_pickle=allow_pickle, store=store)
     if media is not None:
         return _convert_media(folder, name=name, source=source, task=task, allow_pickle=allow_pickle, store=store)
     config = read_json(folder / "config.json")
@@ -208,12 +209,12 @@ def _convert_media(folder: Path, *, name: str, source: dict[str, Any], task: str
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _convert_dual(folder: Path, *, name: str, source: dict[str, Any], allow_pickle: bool, store: Store) -> Bundle:
-    """A two-tower text-image model (convert/dual.py): text.onnx, vision.onnx, tokenizer, processor."""
+def _convert_dual(folder: Path, *, name: str, source: dict[str, Any], task: str, allow_pickle: bool,
+                  store: Store) -> Bundle:
+    """A two-tower model (convert/dual.py): text.onnx beside vision.onnx or audio.onnx, tokenizer, processor."""
     from gpux.convert.dual import export_dual
     from gpux.convert.media import _processor
 
-    task = "zero-shot-image-classification"
     work = Path(store.scratch("convert-"))
     try:
         done = export_dual(folder, work, _processor(folder), allow_pickle=allow_pickle)
@@ -223,18 +224,19 @@ def _convert_dual(folder: Path, *, name: str, source: dict[str, Any], allow_pick
         task_cfg = {"task": task, "model_type": done["model_type"], "image_size": done["image_size"],
                     "logit_scale": done["logit_scale"], "logit_bias": done["logit_bias"],
                     "max_length": done["text_max_length"], "text_output": "text_embeds",
-                    "image_output": "image_embeds"}
+                    "media_graph": done["second"], "media_output": done["second_output"]}
         (work / TASK_CONFIG).write_text(json.dumps(task_cfg, indent=2))
-        manifest = Manifest(name=name, tag=task, task=task, graphs={"vision": "vision.onnx", "text": "text.onnx"},
-                            default_graph="vision",
+        second = done["second"]
+        manifest = Manifest(name=name, tag=task, task=task, graphs={second: f"{second}.onnx", "text": "text.onnx"},
+                            default_graph=second,
                             assets={"tokenizer": "tokenizer.json", "processor": "preprocessor_config.json",
                                     "task_config": TASK_CONFIG}, source=source,
                             conversion={"exporter": done["exporter"], "opset": done["opset"], "dtype": "float32",
                                         "seconds": done["seconds"], "parity": done["parity"], **done["versions"]})
-        files = {"vision.onnx": work / "vision.onnx", "text.onnx": work / "text.onnx",
+        files = {f"{second}.onnx": work / f"{second}.onnx", "text.onnx": work / "text.onnx",
                  "tokenizer.json": folder / "tokenizer.json",
                  "preprocessor_config.json": folder / "preprocessor_config.json", TASK_CONFIG: work / TASK_CONFIG}
-        return store.publish(manifest, files, move=frozenset({"vision.onnx", "text.onnx", TASK_CONFIG}))
+        return store.publish(manifest, files, move=frozenset({f"{second}.onnx", "text.onnx", TASK_CONFIG}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -29,6 +29,7 @@ TASKS: dict[str, str] = {
     "image-feature-extraction": "gpux.tasks.media_embeddings:ImageEmbeddings",
     "audio-feature-extraction": "gpux.tasks.media_embeddings:AudioEmbeddings",
     "zero-shot-image-classification": "gpux.tasks.zero_shot:ZeroShotImageClassifier",
+    "zero-shot-audio-classification": "gpux.tasks.zero_shot:ZeroShotAudioClassifier",
 }
 
 

@@ -112,7 +112,7 @@ class AudioTask(MediaTask):
         super().__init__(model)
         from gpux.preprocess.audio import AudioProcessor
 
-        self.rate = int(self.config.get("sampling_rate") or 16000)
+        self.rate = int(self.config.get("sampling_rate") or self.processor_config.get("sampling_rate") or 16000)
         self.processor = AudioProcessor.from_config(self.processor_config)
 
     def prepare(self, source: Any, index: int) -> np.ndarray:

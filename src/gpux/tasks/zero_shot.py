@@ -1,12 +1,12 @@
-"""Zero-shot image classification with a two-tower model (CLIP, SigLIP): images against label texts.
+"""Zero-shot image and audio classification with a two-tower model (CLIP, SigLIP; CLAP): inputs against label texts.
 
 ``{"inputs": "cat.png" | [...], "parameters": {"candidate_labels": ["cat", "dog"], "hypothesis_template":
 "a photo of {}"}}`` -> ``{"predictions": [[{"label", "score"}, ...], ...]}`` (highest first), as Hugging
 Face's zero-shot-image-classification pipeline answers. Each label is put into the template, embedded
-by the text graph, the images by the vision graph; the scores are the softmax over labels of
+by the text graph, the images (or clips) by the vision (or audio) graph; the scores are the softmax over labels of
 ``logit_scale`` × cosine (CLIP), or each label's sigmoid of ``logit_scale`` × cosine + ``logit_bias`` for
 models trained with a sigmoid loss (SigLIP). The towers also give embeddings on their own
-(:meth:`embed_texts`, :meth:`embed_images`: what ``/v1/embeddings`` serves for images and texts).
+(:meth:`embed_texts`, :meth:`embed_media`: what ``/v1/embeddings`` serves for images and texts).
 """
 
 from __future__ import annotations
@@ -17,14 +17,19 @@ import numpy as np
 
 from gpux.errors import UsageError
 from gpux.tasks import parameters
-from gpux.tasks.media import ImageTask, softmax
+from gpux.tasks.media import AudioTask, ImageTask, softmax
 
 DEFAULT_TEMPLATE = "This is a photo of {}."
 
 
-class ZeroShotImageClassifier(ImageTask):
-    def __init__(self, model: Any) -> None:
-        super().__init__(model)
+class _ZeroShot:
+    """The text side and the scoring, shared by the image and audio classes below (mixed in before their base)."""
+
+    config: dict[str, Any]
+    model: Any
+    default_template = DEFAULT_TEMPLATE
+
+    def _tokenizer(self, model: Any) -> None:
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_file(str(model.bundle.root / model.bundle.manifest.assets["tokenizer"]))
@@ -40,14 +45,14 @@ class ZeroShotImageClassifier(ImageTask):
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
             raise UsageError('zero-shot classification needs "parameters": {"candidate_labels": [...]}',
                              hint='e.g. {"inputs": "cat.png", "parameters": {"candidate_labels": ["cat", "dog"]}}')
-        template = params.get("hypothesis_template", DEFAULT_TEMPLATE)
+        template = params.get("hypothesis_template", self.default_template)
         if not isinstance(template, str) or "{}" not in template:
             raise UsageError(f'"hypothesis_template" must be a string with {{}} for the label, not {template!r}',
                              hint='e.g. "a photo of {}"')
         unknown = sorted(set(params) - {"candidate_labels", "hypothesis_template"})
         if unknown:
             raise UsageError(f'unknown parameter "{unknown[0]}"', hint="use candidate_labels, hypothesis_template")
-        return [(pixels, tuple(labels), template) for pixels in super().items(payload)]
+        return [(x, tuple(labels), template) for x in super().items(payload)]  # type: ignore[misc]
 
     def embedding_items(self, value: Any) -> list[Any]:
         """``/v1/embeddings`` inputs: image data URLs (or bytes) embed through the vision tower, text through the
@@ -56,7 +61,8 @@ class ZeroShotImageClassifier(ImageTask):
         if not values or not all(isinstance(v, (str, bytes)) for v in values):
             raise UsageError('"input" must be a string (text or an image data URL) or a list of them',
                              hint='e.g. "input": ["a photo of a cat", "data:image/png;base64,..."]')
-        return [("image", self.prepare(v, i)) if isinstance(v, bytes) or v.startswith("data:image/")
+        media = "data:audio/" if self.config.get("media_graph") == "audio" else "data:image/"
+        return [("media", self.prepare(v, i)) if isinstance(v, bytes) or v.startswith(media)  # type: ignore[attr-defined]
                 else ("text", v) for i, v in enumerate(values)]
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
@@ -65,9 +71,10 @@ class ZeroShotImageClassifier(ImageTask):
                 "attention_mask": np.asarray([e.attention_mask for e in enc], np.int64)}
         return np.asarray(self.model.run(feed, graph="text")[self.config["text_output"]], np.float32)
 
-    def embed_images(self, pixels: list[np.ndarray]) -> np.ndarray:
-        feed = {"pixel_values": np.stack(pixels).astype(np.float32, copy=False)}
-        return np.asarray(self.model.run(feed, graph="vision")[self.config["image_output"]], np.float32)
+    def embed_media(self, items: list[Any]) -> np.ndarray:
+        feed = self.feed(items)  # type: ignore[attr-defined]
+        graph = self.config["media_graph"]
+        return np.asarray(self.model.run(feed, graph=graph)[self.config["media_output"]], np.float32)
 
     def run_counted(self, items: list[Any], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
         embeds = [i for i, item in enumerate(items) if isinstance(item[0], str)]  # /v1/embeddings items
@@ -80,7 +87,7 @@ class ZeroShotImageClassifier(ImageTask):
                 for i, answer in zip(rest, self.run_counted([items[i] for i in rest])[0]):
                     out[i] = answer
             return out, [1] * len(items)
-        images = _unit(self.embed_images([p for p, _, _ in items]))
+        images = _unit(self.embed_media([p for p, _, _ in items]))
         prompts = sorted({template.format(label) for _, labels, template in items for label in labels})
         texts = dict(zip(prompts, _unit(self.embed_texts(prompts))))
         scale, bias = float(self.config["logit_scale"]), self.config.get("logit_bias")
@@ -95,14 +102,33 @@ class ZeroShotImageClassifier(ImageTask):
     def _embeddings(self, items: list[Any]) -> list[Any]:
         out: list[Any] = [None] * len(items)
         texts = [(i, v) for i, (kind, v) in enumerate(items) if kind == "text"]
-        images = [(i, v) for i, (kind, v) in enumerate(items) if kind == "image"]
+        images = [(i, v) for i, (kind, v) in enumerate(items) if kind == "media"]
         if texts:
             for (i, _), vec in zip(texts, self.embed_texts([v for _, v in texts])):
                 out[i] = vec
         if images:
-            for (i, _), vec in zip(images, self.embed_images([v for _, v in images])):
+            for (i, _), vec in zip(images, self.embed_media([v for _, v in images])):
                 out[i] = vec
         return out
+
+
+class ZeroShotImageClassifier(_ZeroShot, ImageTask):
+    def __init__(self, model: Any) -> None:
+        ImageTask.__init__(self, model)
+        self._tokenizer(model)
+
+
+class ZeroShotAudioClassifier(_ZeroShot, AudioTask):
+    default_template = "This is a sound of {}."
+
+    def __init__(self, model: Any) -> None:
+        AudioTask.__init__(self, model)
+        self._tokenizer(model)
+
+    def feed(self, items: list[Any]) -> dict[str, np.ndarray]:
+        made = self.processor(items)
+        return {"input_features": np.asarray(made["input_features"], np.float32),
+                "is_longer": np.asarray(made["is_longer"], bool)}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
