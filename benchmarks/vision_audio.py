@@ -40,7 +40,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import RESULTS, env_line, spread, write  # noqa: E402
+from _common import RESULTS, env_line, spread, write
 
 CACHE = Path(os.environ.get("GPUX_BENCH_VA_CACHE", "/tmp/gpux-bench-vision-audio"))
 THREADS = 2
@@ -114,9 +115,9 @@ def _save(name: str, folder: Path) -> None:
     labels = {"id2label": {i: f"class_{i}" for i in range(1000)}, "label2id": {f"class_{i}": i for i in range(1000)}}
     if name == "resnet50":
         model, proc = (tf.ResNetForImageClassification(tf.ResNetConfig(**labels)),
-                       tf.ConvNextImageProcessor(crop_pct=224 / 256, size={"shortest_edge": 224}))
+                       tf.ConvNextImageProcessorPil(crop_pct=224 / 256, size={"shortest_edge": 224}))
     elif name == "vit-b16":
-        model, proc = tf.ViTForImageClassification(tf.ViTConfig(**labels)), tf.ViTImageProcessor()
+        model, proc = tf.ViTForImageClassification(tf.ViTConfig(**labels)), tf.ViTImageProcessorPil()
     elif name == "clip":
         from lm_models import tokenizer
 
@@ -124,7 +125,7 @@ def _save(name: str, folder: Path) -> None:
         eos = tok.eos_token_id
         model = tf.CLIPModel(tf.CLIPConfig(text_config={"vocab_size": len(tok), "eos_token_id": eos,
                                                          "bos_token_id": eos, "pad_token_id": eos}))
-        proc = tf.CLIPImageProcessor()
+        proc = tf.CLIPImageProcessorPil()
         tok.save_pretrained(folder)
     else:
         model = tf.Wav2Vec2ForCTC(tf.Wav2Vec2Config(vocab_size=len(CTC_VOCAB)))
@@ -147,8 +148,8 @@ def ensure(name: str) -> dict[str, Any]:
         try:
             Store(home).get(ref)
             return json.loads(info_path.read_text())
-        except Exception:  # noqa: BLE001 - stale cache: rebuild
-            pass
+        except Exception as exc:  # noqa: BLE001 - stale cache: rebuild
+            print(f"[setup] cached {name} unusable ({exc}); converting again", file=sys.stderr)
     from gpux.convert.pipeline import convert
 
     print(f"[setup] building and converting {name} (cached under {CACHE}) ...", file=sys.stderr, flush=True)
@@ -200,6 +201,11 @@ def _vmhwm_mb() -> float:
     return float("nan")
 
 
+def _clip_embed(task: Any) -> Callable[[list[Any]], Any]:
+    """The vision tower on prepared pixels: ``embed_images`` (named so until the CLAP change), else ``embed_media``."""
+    return getattr(task, "embed_images", None) or task.embed_media  # type: ignore[no-any-return]
+
+
 def _gpux_paths(name: str, info: dict[str, Any], int8: dict[str, Any] | None) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
     import gpux
     from gpux.store.local import Store
@@ -233,11 +239,12 @@ def _gpux_paths(name: str, info: dict[str, Any], int8: dict[str, Any] | None) ->
             extra["int8_logits_max_abs"] = float(np.abs(ref_logits - got).max())
     elif name == "clip":
         imgs = [jpeg(s) for s in range(32)]
+        embed = _clip_embed(task)
         px = task.prepare(imgs[0], 0)
         paths["pre"] = lambda: task.prepare(imgs[0], 0)
-        paths["infer b1"] = lambda: task.embed_images([px])
+        paths["infer b1"] = lambda: embed([px])
         for b in BATCHES:
-            paths[f"e2e b{b}"] = lambda b=b: task.embed_images([task.prepare(s, i) for i, s in enumerate(imgs[:b])])
+            paths[f"e2e b{b}"] = lambda b=b: embed([task.prepare(s, i) for i, s in enumerate(imgs[:b])])
     else:
         clip = wav()
         items = task.items({"inputs": [clip]})
@@ -281,7 +288,8 @@ def _torch_paths(name: str, info: dict[str, Any]) -> tuple[dict[str, Callable[[]
 
         paths["pre"] = pre
         for b in BATCHES:
-            paths[f"infer b{b}"] = lambda pixels=px.repeat(b, 1, 1, 1): head(pixels)
+            batch = px.repeat(b, 1, 1, 1)
+            paths[f"infer b{b}"] = lambda pixels=batch: head(pixels)
         paths["e2e b1"] = e2e
     elif name == "clip":
         from PIL import Image
@@ -364,7 +372,7 @@ class _null:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *a: Any) -> None:
+    def __exit__(self, *a: object) -> None:
         return None
 
 
@@ -380,10 +388,11 @@ def rss_probe(engine: str, name: str) -> None:
 
         t_imp = time.perf_counter()
         task = gpux.load(info["ref"], store=Store(CACHE / "home"), intra_op_threads=THREADS).task
+        embed = _clip_embed(task)
         t_load = time.perf_counter()
-        task.embed_images([task.prepare(imgs[0], 0)])
+        embed([task.prepare(imgs[0], 0)])
         t_first = time.perf_counter()
-        task.embed_images([task.prepare(s, i) for i, s in enumerate(imgs)])
+        embed([task.prepare(s, i) for i, s in enumerate(imgs)])
     else:
         import torch
         import transformers as tf

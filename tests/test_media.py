@@ -404,3 +404,28 @@ def test_clap_zero_shot_audio_matches_pytorch(media: dict[str, Any], tmp_path: P
     assert [p["label"] for p in ranking] == [labels[i] for i in np.argsort(-probs, kind="stable")]
     for p in ranking:
         assert abs(p["score"] - probs[labels.index(p["label"])]) < 1e-3
+
+
+def test_images_from_concurrent_requests_are_batched(media: dict[str, Any]) -> None:
+    import concurrent.futures
+
+    import httpx
+
+    from gpux.serve.app import create_app
+    from gpux.serve.batcher import BatchConfig
+    from gpux.serve.manager import ModelManager
+    from serve_helpers import LiveServer
+
+    ref = media["resnet"][1]
+    urls = ["data:image/png;base64," + base64.b64encode(b).decode() for b in _images().values()]
+    want = gpux.load(ref, store=Store(media["root"])).predict({"inputs": urls})["predictions"]
+    manager = ModelManager(store=Store(media["root"]), batch=BatchConfig(max_batch=16, max_delay_ms=50))
+    with LiveServer(create_app(manager)) as server, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        httpx.post(f"{server.url}/models/load", json={"model": ref}, timeout=60).raise_for_status()
+        answers = list(pool.map(lambda i: httpx.post(f"{server.url}/predict/{ref}", timeout=60,
+                                                     json={"inputs": [urls[i % len(urls)]]}).json(), range(16)))
+        histogram = httpx.get(f"{server.url}/stats").json()["models"][ref]["batch_size_histogram"]
+    for i, answer in enumerate(answers):  # each request gets its own image's answer, batched or not
+        assert answer["predictions"][0][0]["label"] == want[i % len(urls)][0]["label"]
+        assert abs(answer["predictions"][0][0]["score"] - want[i % len(urls)][0]["score"]) < 1e-4
+    assert max(int(k) for k in histogram) > 1, histogram
