@@ -39,8 +39,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -588,27 +588,27 @@ def markdown(r: dict[str, Any]) -> str:
     items = r["items"]
     lines = ["# gpux vs PyTorch eager: vision and audio encoders", "",
              env_line("vision_audio.py", env, f", {r['threads']} threads for both"),
-             f"{r['rounds']} alternating rounds{' (--quick: a smoke run, not a measurement)' if r['quick'] else ''}; "
+             (f"{r['rounds']} alternating rounds{' (--quick: a smoke run, not a measurement)' if r['quick'] else ''}; "
              "gpux and PyTorch in separate worker processes taking turns; random weights of the real architectures; "
-             "ratio = PyTorch median / gpux median (>1: gpux faster).", ""]
+             "ratio = PyTorch median / gpux median (>1: gpux faster)."), ""]
     for name in ("resnet50", "vit-b16"):
         if name not in items:
             continue
         it = items[name]
         paths = it["paths"]
         lines += [f"## {it['model']}", "",
-                  f"Converted in {it['convert_s']:.0f} s; parity cosine {it['parity'].get('cosine_min', float('nan')):.6f}. "
+                  (f"Converted in {it['convert_s']:.0f} s; parity cosine {it['parity'].get('cosine_min', float('nan')):.6f}. "
                   f"Processor: {it['workers']['pytorch'].get('processor')} (transformers) vs gpux ImageProcessor. "
-                  f"gpux worker imported torch: {it['workers']['gpux'].get('torch_imported')}.", "",
+                  f"gpux worker imported torch: {it['workers']['gpux'].get('torch_imported')}."), "",
                   HEAD.format(u="images/s")]
         for path, e in paths.items():
             b = int(path.rsplit("b", 1)[1]) if " b" in path else 1
             goal = 1.5 if path in ("infer b1", "e2e b1") else None
             lines.append(_row(path, e, b, goal=goal))
         best = {eng: max((b * 1e3 / paths[f"infer b{b}"][eng]["median"], b) for b in BATCHES) for eng in ("gpux", "pytorch")}
-        lines += ["", f"Best-batch inference throughput: gpux {best['gpux'][0]:.1f} images/s (batch {best['gpux'][1]}), "
+        lines += ["", (f"Best-batch inference throughput: gpux {best['gpux'][0]:.1f} images/s (batch {best['gpux'][1]}), "
                       f"PyTorch {best['pytorch'][0]:.1f} images/s (batch {best['pytorch'][1]}): "
-                      f"{best['gpux'][0] / best['pytorch'][0]:.2f}×."]
+                      f"{best['gpux'][0] / best['pytorch'][0]:.2f}×.")]
         q = it["int8"]
         if "make_variant_error" in q:
             lines.append(f"- int8: `make_variant(..., Variant(quantize=\"int8\"))` refused: `{q['make_variant_error'][:300]}`")
@@ -627,8 +627,8 @@ def markdown(r: dict[str, Any]) -> str:
         it = items["clip"]
         paths, fresh = it["paths"], it["fresh_process"]
         lines += [f"## {it['model']}: image embeddings", "",
-                  f"Converted in {it['convert_s']:.0f} s. `pre` = one JPEG to pixels, `infer b1` = vision tower only, "
-                  "`e2e bN` = N JPEGs pre-processed + embedded in one batch.", "", HEAD.format(u="images/s")]
+                  (f"Converted in {it['convert_s']:.0f} s. `pre` = one JPEG to pixels, `infer b1` = vision tower only, "
+                  "`e2e bN` = N JPEGs pre-processed + embedded in one batch."), "", HEAD.format(u="images/s")]
         for path, e in paths.items():
             b = int(path.rsplit("b", 1)[1]) if " b" in path else 1
             lines.append(_row(path, e, b))
@@ -639,8 +639,8 @@ def markdown(r: dict[str, Any]) -> str:
         theirs = {"load_s": p["load_s"], "ms_per_image": paths["e2e b1"]["pytorch"]["median"],
                   "images_per_s": max(b * 1e3 / paths[f"e2e b{b}"]["pytorch"]["median"] for b in (8, 32)),
                   "peak_rss_mb": p["vmhwm_mb"]}
-        lines += ["", "Against the seeds' expectation (factor = how many times better gpux is; goal ≥ 3× against "
-                  "the seeds' best case):", "",
+        lines += ["", ("Against the seeds' expectation (factor = how many times better gpux is; goal ≥ 3× against "
+                  "the seeds' best case):"), "",
                   "| figure | gpux | seeds (best–worst) | factor vs best–worst | goal ≥ 3× | PyTorch eager | gpux vs PyTorch |",
                   "|---|---:|---:|---:|---|---:|---:|"]
         for key, label in (("load_s", "load (s)"), ("ms_per_image", "ms per image, batch 1, pre-processing included"),
@@ -652,9 +652,9 @@ def markdown(r: dict[str, Any]) -> str:
             vs_pt = ours[key] / theirs[key] if higher else theirs[key] / ours[key]
             lines.append(f"| {label} | {ours[key]:.2f} | {best:g}–{worst:g} | {f_best:.1f}–{f_worst:.1f}× | "
                          f"{_yn(f_best >= 3)} | {theirs[key]:.2f} | {vs_pt:.2f}× |")
-        lines += ["", f"Load and RSS from fresh processes (median of {len(g['runs'])}) that import, load, embed 1 "
+        lines += ["", (f"Load and RSS from fresh processes (median of {len(g['runs'])}) that import, load, embed 1 "
                       f"then 8 images; imports took gpux {g['import_s']:.2f} s, PyTorch + transformers "
-                      f"{p['import_s']:.2f} s (not in 'load'). gpux process imported torch: {g['torch_imported']}.", ""]
+                      f"{p['import_s']:.2f} s (not in 'load'). gpux process imported torch: {g['torch_imported']}."), ""]
     if "wav2vec2" in items:
         it = items["wav2vec2"]
         sec = it["audio_seconds"]
@@ -668,12 +668,12 @@ def markdown(r: dict[str, Any]) -> str:
         pp = items["preprocess"]
         lo, hi = pp["speedup_p5_p95"]
         lines += ["## Pre-processing a 640×480 JPEG for ViT (224×224)", "",
-                  f"`benchmarks/preprocess_image.py`'s `run()`: {pp['rounds']} alternating rounds × "
-                  f"{pp['calls_per_round']} calls; max-abs pixel difference {pp['max_abs_diff']:.3g}.", "",
+                  (f"`benchmarks/preprocess_image.py`'s `run()`: {pp['rounds']} alternating rounds × "
+                  f"{pp['calls_per_round']} calls; max-abs pixel difference {pp['max_abs_diff']:.3g}."), "",
                   "| runner | median ms | p5–p95 ms |", "|---|---:|---:|",
                   f"| gpux ImageProcessor | {pp['gpux']['median_ms']:.2f} | {pp['gpux']['p5_ms']:.2f}–{pp['gpux']['p95_ms']:.2f} |",
-                  f"| transformers ViTImageProcessorPil | {pp['transformers']['median_ms']:.2f} | "
-                  f"{pp['transformers']['p5_ms']:.2f}–{pp['transformers']['p95_ms']:.2f} |", "",
+                  (f"| transformers ViTImageProcessorPil | {pp['transformers']['median_ms']:.2f} | "
+                  f"{pp['transformers']['p5_ms']:.2f}–{pp['transformers']['p95_ms']:.2f} |"), "",
                   f"Ratio **{pp['speedup']:.2f}×** (per-round p5–p95 {lo:.2f}–{hi:.2f}); goal 2×: {_yn(pp['speedup'] >= 2)}.", ""]
     return "\n".join(lines)
 

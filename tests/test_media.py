@@ -429,3 +429,67 @@ def test_images_from_concurrent_requests_are_batched(media: dict[str, Any]) -> N
         assert answer["predictions"][0][0]["label"] == want[i % len(urls)][0]["label"]
         assert abs(answer["predictions"][0][0]["score"] - want[i % len(urls)][0]["score"]) < 1e-4
     assert max(int(k) for k in histogram) > 1, histogram
+
+
+def _video(frames: list[Any]) -> bytes:
+    """An MPEG-4 file of ``frames`` (PIL images), encoded with PyAV."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(img)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def test_xclip_zero_shot_video_matches_pytorch(media: dict[str, Any], tmp_path: Path) -> None:
+    """X-CLIP: a clip as frames and as an MP4 file; the ranking equals PyTorch's logits_per_video softmax."""
+    import torch
+    import transformers as tf
+    from PIL import Image
+
+    from gpux.convert.pipeline import convert
+    from gpux.preprocess.video import decode_frames, sample
+    from lm_models import tokenizer
+
+    folder = tmp_path / "tiny-xclip"
+    tok = tokenizer()
+    cfg = tf.XCLIPConfig(text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
+                                      "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 77},
+                         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                        "num_attention_heads": 2, "image_size": 32, "patch_size": 8, "num_frames": 4,
+                                        "mit_hidden_size": 32, "mit_intermediate_size": 64, "mit_num_hidden_layers": 1,
+                                        "mit_num_attention_heads": 2},
+                         projection_dim=32, prompt_num_attention_heads=2, prompt_layers=1)
+    torch.manual_seed(0)
+    tf.XCLIPModel(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    tf.VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    bundle = convert(folder, name="tiny-xclip", source={"kind": "local", "path": str(folder)}, store=Store(media["root"]))
+    assert bundle.manifest.task == "zero-shot-video-classification"
+    rng = np.random.default_rng(3)
+    frames = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(9)]
+    labels = ["cooking", "running", "dancing"]
+    model = gpux.load(f"tiny-xclip:{bundle.manifest.tag}", store=Store(media["root"]))
+    clip = _video(frames)
+    got = model.predict({"inputs": [clip, "data:video/mp4;base64," + base64.b64encode(clip).decode()],
+                         "parameters": {"candidate_labels": labels}})["predictions"]
+    assert got[0] == got[1]
+    decoded = sample(decode_frames(clip), 4)  # what the file holds after lossy encoding, sampled as gpux does
+    hf = tf.XCLIPModel.from_pretrained(folder).eval()
+    pixels = tf.VideoMAEImageProcessor.from_pretrained(folder)(decoded, return_tensors="pt")["pixel_values"]
+    texts = tf.AutoTokenizer.from_pretrained(folder)(labels, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = hf(**texts, pixel_values=pixels).logits_per_video.softmax(-1)[0].numpy()
+    assert [p["label"] for p in got[0]] == [labels[i] for i in np.argsort(-probs, kind="stable")]
+    for p in got[0]:
+        assert abs(p["score"] - probs[labels.index(p["label"])]) < 1e-3
+    bad = model.task
+    with pytest.raises(Exception, match="video"):
+        bad.items({"inputs": ["data:video/mp4;base64," + base64.b64encode(b"not a video at all").decode()],
+                   "parameters": {"candidate_labels": labels}})

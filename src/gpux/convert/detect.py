@@ -46,6 +46,7 @@ PIPELINE_TAGS: dict[str, str] = {
     "image-feature-extraction": "image-feature-extraction",
     "zero-shot-image-classification": "zero-shot-image-classification",
     "zero-shot-audio-classification": "zero-shot-audio-classification",
+    "zero-shot-video-classification": "zero-shot-video-classification",
 }
 #: config.json keys that sentence-transformers' CrossEncoder writes (v4+, and older versions).
 CROSS_ENCODER_KEYS = ("sentence_transformers", "sbert_ce_default_activation_function")
@@ -106,7 +107,8 @@ def tasks_of(arch: str, config: dict[str, Any]) -> tuple[str, ...]:
     """The tasks a checkpoint saved from ``arch`` can do (its head's, then embeddings); () if none."""
     if is_base_model(arch) and isinstance(config.get("text_config"), dict):  # two towers: CLIP, SigLIP, CLAP
         if isinstance(config.get("vision_config"), dict):
-            return ("zero-shot-image-classification",)
+            video = "num_frames" in config["vision_config"] or "mit_hidden_size" in config  # X-CLIP
+            return ("zero-shot-video-classification",) if video else ("zero-shot-image-classification",)
         if isinstance(config.get("audio_config"), dict):
             return ("zero-shot-audio-classification",)
     if is_base_model(arch):

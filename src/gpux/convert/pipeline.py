@@ -16,11 +16,12 @@ from gpux.store.local import Store
 SUPPORTED_TASKS = ("feature-extraction", "text-classification", "text-ranking", "token-classification",
                    "question-answering", "fill-mask", "text-generation", "image-classification",
                    "audio-classification", "automatic-speech-recognition", "image-feature-extraction",
-                   "audio-feature-extraction", "zero-shot-image-classification", "zero-shot-audio-classification")
+                   "audio-feature-extraction", "zero-shot-image-classification", "zero-shot-audio-classification",
+                   "zero-shot-video-classification")
 #: Tasks of image and audio models (convert/media.py); their embeddings are "<modality>-feature-extraction".
 MEDIA_TASKS = ("image-classification", "audio-classification", "automatic-speech-recognition",
                "image-feature-extraction", "audio-feature-extraction", "zero-shot-image-classification",
-               "zero-shot-audio-classification")
+               "zero-shot-audio-classification", "zero-shot-video-classification")
 #: Tasks whose outputs are scores over config.id2label.
 LABELLED_TASKS = ("text-classification", "token-classification", "text-ranking")
 #: Activation class name (last dotted part, lower-cased) in a CrossEncoder config -> task.json activation.
@@ -128,6 +129,8 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
         raise ConvertError(f"task {task} does not fit this model: it takes "
                            f"{media or 'text (input_ids)'}", hint="leave --task out to detect it")
     store = store or Store()
+    if task == "zero-shot-video-classification":
+        return _convert_video(folder, name=name, source=source, allow_pickle=allow_pickle, store=store)
     if task.startswith("zero-shot-"):
         return _convert_dual(folder, name=name, source=source, task=task, allow_pickle=allow_pickle, store=store)
     if media is not None:
@@ -237,6 +240,34 @@ def _convert_dual(folder: Path, *, name: str, source: dict[str, Any], task: str,
                  "tokenizer.json": folder / "tokenizer.json",
                  "preprocessor_config.json": folder / "preprocessor_config.json", TASK_CONFIG: work / TASK_CONFIG}
         return store.publish(manifest, files, move=frozenset({f"{second}.onnx", "text.onnx", TASK_CONFIG}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _convert_video(folder: Path, *, name: str, source: dict[str, Any], allow_pickle: bool, store: Store) -> Bundle:
+    """A video–text model (convert/video.py): one graph, tokenizer, image processor, frame count."""
+    from gpux.convert.media import _processor
+    from gpux.convert.video import export_video
+
+    task = "zero-shot-video-classification"
+    work = Path(store.scratch("convert-"))
+    try:
+        done = export_video(folder, work, _processor(folder), allow_pickle=allow_pickle)
+        if not (folder / "tokenizer.json").is_file():
+            raise ConvertError("the model folder has no tokenizer.json (its text side's fast tokenizer)",
+                               hint="pull a checkpoint saved with its processor")
+        task_cfg = {"task": task, "model_type": done["model_type"], "num_frames": done["num_frames"],
+                    "image_size": done["image_size"], "max_length": done["text_max_length"],
+                    "output": "logits_per_video"}
+        (work / TASK_CONFIG).write_text(json.dumps(task_cfg, indent=2))
+        manifest = Manifest(name=name, tag=task, task=task, graphs={"model": "model.onnx"},
+                            assets={"tokenizer": "tokenizer.json", "processor": "preprocessor_config.json",
+                                    "task_config": TASK_CONFIG}, source=source,
+                            conversion={"exporter": done["exporter"], "opset": done["opset"], "dtype": "float32",
+                                        "seconds": done["seconds"], "parity": done["parity"], **done["versions"]})
+        files = {"model.onnx": work / "model.onnx", "tokenizer.json": folder / "tokenizer.json",
+                 "preprocessor_config.json": folder / "preprocessor_config.json", TASK_CONFIG: work / TASK_CONFIG}
+        return store.publish(manifest, files, move=frozenset({"model.onnx", TASK_CONFIG}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

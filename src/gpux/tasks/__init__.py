@@ -30,6 +30,7 @@ TASKS: dict[str, str] = {
     "audio-feature-extraction": "gpux.tasks.media_embeddings:AudioEmbeddings",
     "zero-shot-image-classification": "gpux.tasks.zero_shot:ZeroShotImageClassifier",
     "zero-shot-audio-classification": "gpux.tasks.zero_shot:ZeroShotAudioClassifier",
+    "zero-shot-video-classification": "gpux.tasks.zero_shot_video:ZeroShotVideoClassifier",
 }
 
 
