@@ -493,3 +493,15 @@ def test_xclip_zero_shot_video_matches_pytorch(media: dict[str, Any], tmp_path: 
     with pytest.raises(Exception, match="video"):
         bad.items({"inputs": ["data:video/mp4;base64," + base64.b64encode(b"not a video at all").decode()],
                    "parameters": {"candidate_labels": labels}})
+
+
+def test_gpux_bench_on_an_image_model_counts_images(media: dict[str, Any], tmp_path: Path) -> None:
+    from conftest import gpux as cli
+
+    done = cli("bench", media["vit"][1], "--batch-sizes", "1,4", "--runs", "5", "--warmup", "1", "--out",
+               str(tmp_path / "b"), env={"GPUX_HOME": str(media["root"])}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "b" / "results.json").read_text())["models"][media["vit"][1]]
+    assert result["unit"] == "images" and "benchmarks/vision_audio.py" in result["pytorch"]["skipped"]
+    points = result["precisions"]["fp32"]["gpux"]
+    assert points and "images/s" in (tmp_path / "b" / "report.md").read_text()

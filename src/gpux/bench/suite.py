@@ -124,7 +124,10 @@ def make_points(target: Target, work: Path) -> None:
 
     if target.given is not None:
         return _given(target, work)
-    encoder = TextEncoder(target.bundle) if task_class(target.bundle.manifest.task) else None
+    # Image and audio models (a processor, no tokenizer) are timed on their graph with synthetic tensors, like
+    # raw models; their pre-processing is measured apart by benchmarks/vision_audio.py.
+    text = task_class(target.bundle.manifest.task) is not None and "processor" not in target.bundle.manifest.assets
+    encoder = TextEncoder(target.bundle) if text else None
     inputs = load(target.bundle, "cpu").inputs if encoder is None else []
     seen: set[str] = set()
     for b in target.entry.batch_sizes or ():
@@ -254,6 +257,8 @@ def _pytorch_spec(target: Target) -> dict[str, Any] | str:
     from gpux.registry import source_folder
 
     m = target.bundle.manifest
+    if target.stored and "processor" in m.assets:
+        return "the PyTorch runner feeds text; image and audio baselines: benchmarks/vision_audio.py"
     if not target.stored or m.task not in TASK_HEADS:
         return "no PyTorch original: the model was given as ONNX"
     folder = source_folder(m.source)
