@@ -505,3 +505,19 @@ def test_gpux_bench_on_an_image_model_counts_images(media: dict[str, Any], tmp_p
     assert result["unit"] == "images" and "benchmarks/vision_audio.py" in result["pytorch"]["skipped"]
     points = result["precisions"]["fp32"]["gpux"]
     assert points and "images/s" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_the_image_and_audio_run_path_imports_neither_torch_nor_transformers(
+        media: dict[str, Any], speech: dict[str, tuple[Path, str]]) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, json, gpux; from gpux.store.local import Store; from pathlib import Path\n"
+            f"root = Path({str(media['root'])!r}); image = {_images()['gray.png']!r}; wav = {_speech(8000, 1)!r}\n"
+            f"gpux.load({media['vit'][1]!r}, store=Store(root)).predict({{'inputs': [image]}})\n"
+            f"gpux.load({speech['automatic-speech-recognition'][1]!r}, store=Store(root)).predict({{'inputs': [wav]}})\n"
+            "import gpux.serve.app\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
