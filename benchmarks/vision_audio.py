@@ -213,7 +213,8 @@ def _gpux_paths(name: str, info: dict[str, Any], int8: dict[str, Any] | None) ->
     t0 = time.perf_counter()
     model = gpux.load(info["ref"], store=Store(CACHE / "home"), intra_op_threads=THREADS)
     task = model.task
-    extra: dict[str, Any] = {"load_s": time.perf_counter() - t0, "providers": list(model.providers)}
+    extra: dict[str, Any] = {"load_s": time.perf_counter() - t0, "providers": list(model.providers),
+                             "parameters": {g: v.get("parameters") for g, v in model.info["graphs"].items()}}
     paths: dict[str, Callable[[], Any]] = {}
     if name in ("resnet50", "vit-b16"):
         img = jpeg()
@@ -273,20 +274,20 @@ def _torch_paths(name: str, info: dict[str, Any]) -> tuple[dict[str, Callable[[]
         extra["load_s"], extra["processor"] = time.perf_counter() - t0, type(proc).__name__
         img = jpeg()
 
-        def pre() -> Any:
+        def pre_image() -> Any:
             return proc(load_image(Image.open(io.BytesIO(img))), return_tensors="pt")["pixel_values"]
 
-        px = pre()
+        px = pre_image()
 
         def head(pixels: Any) -> Any:
             return model(pixel_values=pixels).logits.softmax(-1)
 
         def e2e() -> Any:
-            probs = head(pre())[0]
+            probs = head(pre_image())[0]
             top = probs.topk(5)
             return [{"label": model.config.id2label[int(i)], "score": float(s)} for s, i in zip(top.values, top.indices)]
 
-        paths["pre"] = pre
+        paths["pre"] = pre_image
         for b in BATCHES:
             batch = px.repeat(b, 1, 1, 1)
             paths[f"infer b{b}"] = lambda pixels=batch: head(pixels)
@@ -300,19 +301,19 @@ def _torch_paths(name: str, info: dict[str, Any]) -> tuple[dict[str, Callable[[]
         extra["load_s"], extra["processor"] = time.perf_counter() - t0, type(proc).__name__
         imgs = [jpeg(s) for s in range(32)]
 
-        def pre(srcs: list[bytes]) -> Any:
+        def pre_images(srcs: list[bytes]) -> Any:
             return proc(images=[load_image(Image.open(io.BytesIO(s))) for s in srcs], return_tensors="pt")["pixel_values"]
 
-        px = pre(imgs[:1])
+        px = pre_images(imgs[:1])
 
         def feats(pixels: Any) -> Any:
             out = model.get_image_features(pixel_values=pixels)
             return getattr(out, "pooler_output", out)
 
-        paths["pre"] = lambda: pre(imgs[:1])
+        paths["pre"] = lambda: pre_images(imgs[:1])
         paths["infer b1"] = lambda: feats(px)
         for b in BATCHES:
-            paths[f"e2e b{b}"] = lambda b=b: feats(pre(imgs[:b]))
+            paths[f"e2e b{b}"] = lambda b=b: feats(pre_images(imgs[:b]))
     else:
         import soundfile as sf
 
@@ -321,18 +322,18 @@ def _torch_paths(name: str, info: dict[str, Any]) -> tuple[dict[str, Callable[[]
         extra["load_s"], extra["processor"] = time.perf_counter() - t0, type(proc).__name__
         clip = wav()
 
-        def pre() -> Any:
+        def pre_audio() -> Any:
             wave, rate = sf.read(io.BytesIO(clip), dtype="float32")
             return proc(wave, sampling_rate=rate, return_tensors="pt")["input_values"]
 
-        values = pre()
+        values = pre_audio()
 
         def infer(v: Any) -> Any:
             return proc.batch_decode(model(input_values=v).logits.argmax(-1))
 
-        paths["pre"] = pre
+        paths["pre"] = pre_audio
         paths["infer b1"] = lambda: infer(values)
-        paths["e2e b1"] = lambda: infer(pre())
+        paths["e2e b1"] = lambda: infer(pre_audio())
         extra["text_sample"] = infer(values)[0][:40]
     return paths, extra
 
@@ -530,7 +531,9 @@ def main() -> None:
     from gpux.bench.env import environment
 
     report: dict[str, Any] = {"rounds": rounds, "quick": args.quick, "threads": THREADS, "cache": str(CACHE),
-                              "date": time.strftime("%Y-%m-%d"), "items": {}}
+                              "date": time.strftime("%Y-%m-%d"), "load_average_start": list(os.getloadavg()),
+                              "items": {}}
+    marks = _cpu_marks()
     for name in ("resnet50", "vit-b16"):
         if name in only:
             info = ensure(name)
@@ -555,11 +558,36 @@ def main() -> None:
 
         report["items"]["preprocess"] = preprocess_run(rounds=max(2, rounds * (1 if args.quick else 6)),
                                                        batch=5 if args.quick else 20)
+    report["load_average_end"] = list(os.getloadavg())
+    report["others_cpu_share"] = _others_share(marks)
     report["environment"] = environment(("torch", "transformers", "pillow", "soundfile"))
     write("vision_audio", report, markdown(report), args.out)
 
 
 # -- the report -----------------------------------------------------------------------------------------------
+
+def _cpu_marks() -> tuple[float, float, float]:
+    """(wall s, CPU-seconds busy on the whole machine, CPU-seconds of this process and its reaped children)."""
+    import resource
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / ticks  # all but idle and iowait
+    ours = sum(getattr(resource.getrusage(w), k) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for k in ("ru_utime", "ru_stime"))
+    return time.perf_counter(), busy, ours
+
+
+def _others_share(start: tuple[float, float, float]) -> float:
+    """Share of the machine's CPU time that other processes used since ``start`` (0: we had it alone)."""
+    end = _cpu_marks()
+    cores = os.cpu_count() or 1
+    return max(0.0, ((end[1] - start[1]) - (end[2] - start[2])) / ((end[0] - start[0]) * cores))
+
+
+def _loads(xs: list[float]) -> str:
+    return "/".join(f"{x:.2f}" for x in xs)
+
 
 def _yn(ok: bool) -> str:
     return "yes" if ok else "**no**"
@@ -590,7 +618,14 @@ def markdown(r: dict[str, Any]) -> str:
              env_line("vision_audio.py", env, f", {r['threads']} threads for both"),
              (f"{r['rounds']} alternating rounds{' (--quick: a smoke run, not a measurement)' if r['quick'] else ''}; "
              "gpux and PyTorch in separate worker processes taking turns; random weights of the real architectures; "
-             "ratio = PyTorch median / gpux median (>1: gpux faster)."), ""]
+             "ratio = PyTorch median / gpux median (>1: gpux faster)."),
+             (f"Other processes used {r['others_cpu_share']:.0%} of the machine's CPU time during the run (load "
+              f"average at start {_loads(r['load_average_start'])}, at end, ours included, "
+              f"{_loads(r['load_average_end'])})" + (
+                  ": **the machine was busy with other work; PyTorch's OpenMP threads suffer far more from that than "
+                  "onnxruntime's pool (ResNet-50 batch 1 with 2 threads measured 41–2600 ms beside another job, "
+                  "~100 ms with 1 thread), so these ratios are not representative**" if
+                  r["others_cpu_share"] > 0.1 else "") + "."), ""]
     for name in ("resnet50", "vit-b16"):
         if name not in items:
             continue
@@ -605,10 +640,10 @@ def markdown(r: dict[str, Any]) -> str:
             b = int(path.rsplit("b", 1)[1]) if " b" in path else 1
             goal = 1.5 if path in ("infer b1", "e2e b1") else None
             lines.append(_row(path, e, b, goal=goal))
-        best = {eng: max((b * 1e3 / paths[f"infer b{b}"][eng]["median"], b) for b in BATCHES) for eng in ("gpux", "pytorch")}
-        lines += ["", (f"Best-batch inference throughput: gpux {best['gpux'][0]:.1f} images/s (batch {best['gpux'][1]}), "
-                      f"PyTorch {best['pytorch'][0]:.1f} images/s (batch {best['pytorch'][1]}): "
-                      f"{best['gpux'][0] / best['pytorch'][0]:.2f}×.")]
+        top = {eng: max((b * 1e3 / paths[f"infer b{b}"][eng]["median"], b) for b in BATCHES) for eng in ("gpux", "pytorch")}
+        lines += ["", (f"Best-batch inference throughput: gpux {top['gpux'][0]:.1f} images/s (batch {top['gpux'][1]}), "
+                      f"PyTorch {top['pytorch'][0]:.1f} images/s (batch {top['pytorch'][1]}): "
+                      f"{top['gpux'][0] / top['pytorch'][0]:.2f}×.")]
         q = it["int8"]
         if "make_variant_error" in q:
             lines.append(f"- int8: `make_variant(..., Variant(quantize=\"int8\"))` refused: `{q['make_variant_error'][:300]}`")
@@ -633,6 +668,10 @@ def markdown(r: dict[str, Any]) -> str:
             b = int(path.rsplit("b", 1)[1]) if " b" in path else 1
             lines.append(_row(path, e, b))
         g, p = fresh["gpux"], fresh["pytorch"]
+        params = it["workers"]["gpux"].get("parameters") or {}
+        params_line = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in params.items() if v)
+        weights_mb = sum(v for v in params.values() if v) * 4 / 2**20
+        vision_mb = (params.get("vision") or 0) * 4 / 2**20
         per_image = paths["e2e b1"]["gpux"]["median"]
         ips = {b: b * 1e3 / paths[f"e2e b{b}"]["gpux"]["median"] for b in (8, 32)}
         ours = {"load_s": g["load_s"], "ms_per_image": per_image, "images_per_s": max(ips.values()), "peak_rss_mb": g["vmhwm_mb"]}
@@ -654,7 +693,11 @@ def markdown(r: dict[str, Any]) -> str:
                          f"{_yn(f_best >= 3)} | {theirs[key]:.2f} | {vs_pt:.2f}× |")
         lines += ["", (f"Load and RSS from fresh processes (median of {len(g['runs'])}) that import, load, embed 1 "
                       f"then 8 images; imports took gpux {g['import_s']:.2f} s, PyTorch + transformers "
-                      f"{p['import_s']:.2f} s (not in 'load'). gpux process imported torch: {g['torch_imported']}."), ""]
+                      f"{p['import_s']:.2f} s (not in 'load'). gpux process imported torch: {g['torch_imported']}."),
+                  "", (f"Parameters: {params_line}. fp32 weights alone take {weights_mb:.0f} MB, above the "
+                       f"{SEEDS['peak_rss_mb'][0] / 3:.0f} MB that 3× under the seeds' best RSS would need "
+                       f"(the vision tower alone: {vision_mb:.0f} MB); gpux loads both towers even for image "
+                       "embeddings."), ""]
     if "wav2vec2" in items:
         it = items["wav2vec2"]
         sec = it["audio_seconds"]

@@ -15,13 +15,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from gpux.errors import UsageError
+from gpux.serve import schemas
 from gpux.serve.app import FastJSON, run_items
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 
 
 def register(app: FastAPI) -> None:
-    @app.post("/v1/audio/transcriptions")
+    @app.post("/v1/audio/transcriptions", openapi_extra=schemas.multipart(schemas.TRANSCRIPTION))
     async def transcriptions(request: Request) -> Any:
         try:
             form = await request.form()

@@ -108,6 +108,16 @@ KSERVE_GENERATE = _object({"text_input": {"type": "string", "minLength": 1},
                            "parameters": {"type": "object", "description": "max_tokens, temperature, top_p, ..."}},
                           ("text_input",))
 
+TRANSCRIPTION = _object({"file": {"type": "string", "format": "binary", "description": "the audio, uploaded"},
+                         "model": _NAME, "response_format": {"type": "string", "enum": ["json", "text", "verbose_json",
+                                                                                        "srt", "vtt"]},
+                         "language": {"type": "string"}}, ("file", "model"))
+
+
+def multipart(schema: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a multipart/form-data route (an upload)."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
 
 def body(schema: dict[str, Any]) -> dict[str, Any]:
     """``openapi_extra`` for a route whose JSON body follows ``schema`` (documented, not validated here)."""
