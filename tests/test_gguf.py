@@ -204,7 +204,7 @@ def test_pulled_gguf_answers_paris_greedily(built: tuple[Located, Path, float], 
 
     _, root, _ = built
     env = {"GPUX_HOME": str(root)}
-    pulled = cli("pull", str(smollm2), env=env)
+    pulled = cli("pull", str(smollm2), env=env, timeout=900)
     assert pulled.returncode == 0, pulled.stderr
     ref = pulled.stdout.strip().splitlines()[-1]
     assert ref.endswith(":text-generation")

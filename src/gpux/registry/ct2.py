@@ -469,13 +469,13 @@ def _configs(facts: dict[str, Any], ct2_config: dict[str, Any], ids: dict[str, i
     return config, generation
 
 
-def _tokenizer_config(ids: dict[str, int], max_positions: int) -> dict[str, Any]:
+def _tokenizer_config(ids: dict[str, int]) -> dict[str, Any]:
     specials = [t for t in ids if t.startswith("<|") and t.endswith("|>") and not _is_timestamp(t)]
     return {
         "tokenizer_class": "WhisperTokenizer", "processor_class": "WhisperProcessor",
         "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
         "pad_token": "<|endoftext|>", "add_prefix_space": False, "add_bos_token": False, "errors": "replace",
-        "clean_up_tokenization_spaces": True, "model_max_length": 1024, "return_attention_mask": False,
+        "clean_up_tokenization_spaces": False, "model_max_length": 1024, "return_attention_mask": False,
         "predict_timestamps": False, "language": None, "task": None,
         "additional_special_tokens": [t for t in specials if t != "<|endoftext|>"],
     }
@@ -564,7 +564,7 @@ def write_folder(ct2_folder: Path, out: Path) -> dict[str, Any]:
     _dump(out / "config.json", config)
     _dump(out / "generation_config.json", generation)
     _dump(out / "tokenizer.json", tokenizer)
-    _dump(out / "tokenizer_config.json", _tokenizer_config(ids, facts["max_target_positions"]))
+    _dump(out / "tokenizer_config.json", _tokenizer_config(ids))
     _dump(out / "preprocessor_config.json", _preprocessor_config(ct2_folder, facts["num_mel_bins"]))
     quant = sorted({meta.dtypes[k] for k in variables if not k.endswith("_scale") and variables[k].ndim >= 2})
     return {"format": "ctranslate2", **meta.to_dict(), "stored_dtypes": quant, "layout": _LAYOUT,
