@@ -45,16 +45,10 @@ def export_dual(folder: Path, work: Path, processor: dict[str, Any], *, allow_pi
     import transformers
 
     from gpux.convert.export import OPSET
-    from gpux.convert.media import image_size
+    from gpux.convert.media import image_size, load_for_export
 
-    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     start = time.perf_counter()
-    has_safetensors = any(folder.glob("*.safetensors"))
-    if not has_safetensors and not allow_pickle:
-        raise ConvertError("the model has no .safetensors weights, only pickle files",
-                           hint="pickle can run code when loaded; pass --allow-pickle if you trust the source")
-    model = transformers.AutoModel.from_pretrained(folder, use_safetensors=has_safetensors).eval()
+    model, _ = load_for_export(folder, "AutoModel", allow_pickle)
     audio = hasattr(model, "get_audio_features")
     if not (hasattr(model, "get_text_features") and (audio or hasattr(model, "get_image_features"))):
         raise ConvertError(f"{type(model).__name__} has no text and image (or audio) feature methods",

@@ -67,6 +67,24 @@ def media_input(folder: Path) -> str | None:
     return next((p for p in params if p in MEDIA_INPUTS), None)
 
 
+def load_for_export(folder: Path, auto: str, allow_pickle: bool) -> tuple[Any, dict[str, Any]]:
+    """``transformers.<auto>.from_pretrained(folder)`` in eval mode, quietly, with its loading info.
+
+    Pickle-only weights are refused unless ``allow_pickle``: unpickling can run code.
+    """
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    has_safetensors = any(folder.glob("*.safetensors"))
+    if not has_safetensors and not allow_pickle:
+        raise ConvertError("the model has no .safetensors weights, only pickle files",
+                           hint="pickle can run code when loaded; pass --allow-pickle if you trust the source")
+    model, info = getattr(transformers, auto).from_pretrained(folder, use_safetensors=has_safetensors,
+                                                               output_loading_info=True)
+    return model.eval(), info
+
+
 def _processor(folder: Path) -> dict[str, Any]:
     from gpux.convert.detect import read_json
 
@@ -165,18 +183,10 @@ def export_media(folder: Path, task: str, out: Path, *, allow_pickle: bool = Fal
 
     from gpux.convert.export import EXPORTERS, OPSET, _reason
 
-    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     start = time.perf_counter()
     head = MEDIA_HEADS[task]
     processor = _processor(folder)
-    auto = getattr(transformers, head.auto)
-    has_safetensors = any(folder.glob("*.safetensors"))
-    if not has_safetensors and not allow_pickle:
-        raise ConvertError("the model has no .safetensors weights, only pickle files",
-                           hint="pickle can run code when loaded; pass --allow-pickle if you trust the source")
-    model, info = auto.from_pretrained(folder, use_safetensors=has_safetensors, output_loading_info=True)
-    model.eval()
+    model, info = load_for_export(folder, head.auto, allow_pickle)
     missing = sorted(info.get("missing_keys") or [])
     if missing and task != "feature-extraction":
         raise ConvertError(f"{type(model).__name__} has no weights for the {task} head ({len(missing)} missing, "

@@ -28,16 +28,10 @@ def export_video(folder: Path, work: Path, processor: dict[str, Any], *, allow_p
     import transformers
 
     from gpux.convert.export import OPSET
-    from gpux.convert.media import image_size
+    from gpux.convert.media import image_size, load_for_export
 
-    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     start = time.perf_counter()
-    has_safetensors = any(folder.glob("*.safetensors"))
-    if not has_safetensors and not allow_pickle:
-        raise ConvertError("the model has no .safetensors weights, only pickle files",
-                           hint="pickle can run code when loaded; pass --allow-pickle if you trust the source")
-    model = transformers.AutoModel.from_pretrained(folder, use_safetensors=has_safetensors).eval()
+    model, _ = load_for_export(folder, "AutoModel", allow_pickle)
     vision = model.config.vision_config
     frames, channels = int(vision.num_frames), int(getattr(vision, "num_channels", 3) or 3)
     h, w = image_size(processor, model.config)
