@@ -702,7 +702,11 @@ def markdown(r: dict[str, Any]) -> str:
         it = items["wav2vec2"]
         sec = it["audio_seconds"]
         lines += [f"## {it['model']}: {sec:g} s of 16 kHz audio", "",
-                  f"Converted in {it['convert_s']:.0f} s. Unit: audio seconds per second (inverse real-time factor).",
+                  (f"Converted in {it['convert_s']:.0f} s. Unit: audio seconds per second (inverse real-time factor). "
+                   "`pre`: gpux decodes the WAV (its feature normalisation runs inside `run_batch`, so it is in "
+                   "`infer`); PyTorch's is soundfile + `Wav2Vec2Processor`. `infer` and `e2e` include greedy CTC "
+                   f"decoding on both sides (sample text: gpux {it['workers']['gpux'].get('text_sample')!r}, "
+                   f"PyTorch {it['workers']['pytorch'].get('text_sample')!r})."),
                   "", HEAD.format(u="audio s/s")]
         for path, e in it["paths"].items():
             lines.append(_row(path, e, sec, unit="audio s/s", goal=1.5 if path in ("infer b1", "e2e b1") else None))

@@ -228,6 +228,10 @@ def read_ct2(path: Path) -> tuple[dict[str, np.ndarray], CT2Metadata]:
                                 hint=_DAMAGED_HINT)
         variables[alias] = variables[target]
         meta.dtypes[alias] = meta.dtypes[target]
+        for suffix in ("_scale", "_zero"):  # as CTranslate2's loader: a quantised target's scale goes with it
+            if target + suffix in variables and alias + suffix not in variables:
+                variables[alias + suffix] = variables[target + suffix]
+                meta.dtypes[alias + suffix] = meta.dtypes[target + suffix]
     if cur.pos != len(data):
         raise RegistryError(f"{path} has {len(data) - cur.pos} unexpected bytes after its last record",
                             hint=_DAMAGED_HINT)
@@ -252,11 +256,17 @@ def _fp32(variables: dict[str, np.ndarray], name: str) -> np.ndarray:
         raise ConvertError(f"{name} is stored with a zero point (an AWQ/GPTQ-quantised model)",
                            hint="convert the original Hugging Face Whisper folder instead")
     scale = variables.get(name + "_scale")
-    if scale is not None:
+    if scale is not None:  # ModelSpec._quantize: int8 = rint(w * 127 / amax(|row|)); int16: one scale
         scale = scale.astype(np.float32)
-        if value.ndim == 2 and scale.ndim == 1:  # int8: one scale per output row
-            return (value.astype(np.float32) / scale[:, None]).astype(np.float32)
-        return (value.astype(np.float32) / scale).astype(np.float32)  # int16: one scale for the tensor
+        if scale.ndim == 1 and value.ndim >= 2 and scale.shape[0] == value.shape[0]:
+            scale = scale.reshape((-1,) + (1,) * (value.ndim - 1))  # one per output row (conv: over in × k)
+        elif scale.ndim and scale.ndim == value.ndim - 1:  # CTranslate2 < 4.5 reduced a conv over axis 1 only
+            scale = np.expand_dims(scale, 1)
+        try:
+            return (value.astype(np.float32) / scale).astype(np.float32)
+        except ValueError as exc:
+            raise ConvertError(f"{name} of shape {value.shape} has a scale of shape {scale.shape}",
+                               hint="the model.bin may come from a newer CTranslate2 than gpux reads") from exc
     if value.dtype.kind not in "f":
         raise ConvertError(f"{name} is stored as {value.dtype} without a scale to dequantise it",
                            hint="the model.bin may come from a newer CTranslate2 than gpux reads")
@@ -435,7 +445,7 @@ def _configs(facts: dict[str, Any], ct2_config: dict[str, Any], ids: dict[str, i
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     multilingual = facts["vocab_size"] >= 51865  # transformers' own test (WhisperTokenizer, generate)
     suppress = [int(i) for i in ct2_config.get("suppress_ids") or []]
-    begin = [int(i) for i in ct2_config.get("suppress_ids_begin") or [ids.get("Ġ", 220), eot]]
+    begin = [int(i) for i in ct2_config.get("suppress_ids_begin") or [220, eot]]  # 220: "Ġ", a lone space
     config = {
         "architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper",
         **{k: v for k, v in facts.items()},
@@ -487,7 +497,7 @@ def _is_timestamp(token: str) -> bool:
 
 
 def _preprocessor_config(folder: Path, n_mels: int) -> dict[str, Any]:
-    """The folder's preprocessor_config.json (faster-whisper's large-v3 ships one), else WhisperFeatureExtractor's defaults."""
+    """The folder's preprocessor_config.json (large-v3 folders have one) over WhisperFeatureExtractor's defaults."""
     cfg: dict[str, Any] = {}
     path = folder / "preprocessor_config.json"
     if path.is_file():
@@ -597,6 +607,12 @@ def folder_for(key: str, store_root: Path | None = None) -> Path:
     return sources_root(store_root) / f"ct2-{key[:16]}"
 
 
+def cached_folder(key: str, store_root: Path | None = None) -> Path | None:
+    """The finished folder built from the content ``key`` (a source record's sha256), or None (never built, damaged)."""
+    folder = folder_for(key, store_root)
+    return folder if _complete(folder, key) else None
+
+
 def _check_source(folder: Path) -> None:
     if not folder.is_dir():
         raise RegistryError(f"{folder} is not a folder", hint="point at the CTranslate2 model folder "
@@ -605,6 +621,13 @@ def _check_source(folder: Path) -> None:
         raise RegistryError(f"{folder} is not a CTranslate2 model folder (it needs model.bin and config.json)",
                             hint="point at the folder faster-whisper loads (model.bin, config.json, tokenizer.json)")
     header = _header(folder / "model.bin")
+    size = (folder / "model.bin").stat().st_size
+    if header is None and size < 4 + 2 + 256 + 4:
+        with open(folder / "model.bin", "rb") as fh:
+            head = fh.read(4)
+        if len(head) == 4 and 1 <= struct.unpack("<I", head)[0] <= MAX_BINARY_VERSION:
+            raise RegistryError(f"{folder / 'model.bin'} ends early: {size} bytes, less than its header",
+                                hint=_DAMAGED_HINT)
     if header is None:
         raise RegistryError(f"{folder / 'model.bin'} is not in CTranslate2's binary format "
                             f"(no binary version 1..{MAX_BINARY_VERSION} and spec name at its start)",
@@ -634,7 +657,7 @@ def to_transformers(ct2_folder: Path, out_folder: Path | None = None, store_root
         store = Store(store_root)
         with store.lock(f"ct2-{key[:16]}"):  # a second pull of the same model waits, then reuses the folder
             final = folder_for(key, store.root)
-            if not _complete(final, key):
+            if cached_folder(key, store.root) is None:
                 _build(src, key, final, store.scratch("ct2"))
         return final
     final = Path(out_folder).expanduser().resolve()

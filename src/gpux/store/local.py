@@ -105,8 +105,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class Store:
     """The folder of stored models. Safe for concurrent readers and serialised writers."""
 
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = root if root is not None else home()
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else home()
         self.blobs = Blobs(self.root)
 
     # -- names -----------------------------------------------------------------------

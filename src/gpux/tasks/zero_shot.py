@@ -73,8 +73,9 @@ class _ZeroShot:
 
     def embed_media(self, items: list[Any]) -> np.ndarray:
         feed = self.feed(items)  # type: ignore[attr-defined]
-        graph = self.config["media_graph"]
-        return np.asarray(self.model.run(feed, graph=graph)[self.config["media_output"]], np.float32)
+        graph = self.config.get("media_graph", "vision")  # bundles converted before audio towers: vision
+        output = self.config.get("media_output") or self.config.get("image_output", "image_embeds")
+        return np.asarray(self.model.run(feed, graph=graph)[output], np.float32)
 
     def run_counted(self, items: list[Any], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
         embeds = [i for i, item in enumerate(items) if isinstance(item[0], str)]  # /v1/embeddings items
