@@ -40,6 +40,10 @@ def locate(ref: str, revision: str | None = None, allow_pickle: bool = False,
     revision = revision or rev
     path = Path(repo).expanduser()
     if path.is_dir():
+        from gpux.registry import ct2
+
+        if ct2.is_ct2_whisper(path):  # faster-whisper's CTranslate2 folder: rebuilt once as an HF folder
+            return ct2.locate(path)
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)",
                                      hint="point at a folder with config.json, tokenizer.json and weights")
@@ -89,4 +93,8 @@ def source_folder(source: dict[str, Any]) -> Path | None:
         from gpux.registry import gguf
 
         return gguf.cached_folder(str(source.get("sha256", "")))
+    if kind == "ct2":  # likewise for a CTranslate2 folder
+        from gpux.registry import ct2
+
+        return ct2.cached_folder(str(source.get("sha256", "")))
     return None
