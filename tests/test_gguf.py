@@ -255,6 +255,9 @@ def test_ctrl_c_stops_the_answer_not_the_chat(smollm2_ref: tuple[str, Path]) -> 
     env = {**os.environ, "GPUX_HOME": str(root)}
     pid, fd = pty.fork()
     if pid == 0:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a terminal's shell starts it (pytest may run with it ignored)
         os.execvpe(sys.executable, [sys.executable, "-m", "gpux", "chat", ref, "--max-new-tokens", "400",
                                     "--verbose"], env)
     seen = b""

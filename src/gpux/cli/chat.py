@@ -58,6 +58,11 @@ def chat(
         return
     if sys.stdin.isatty():
         common.err_console().print(HELP, markup=False, highlight=False)
+        import signal
+
+        # Ctrl-C must stop an answer even when gpux was started with SIGINT ignored (a background job, nohup):
+        # Python leaves an inherited SIG_IGN in place, and the terminal's Ctrl-C would then do nothing.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     while True:
         try:
             line = input(">>> ")
