@@ -197,49 +197,20 @@ print(json.dumps(sorted(x for x in ("torch", "transformers") if x in sys.modules
 
 def test_gpux_chat_through_a_pseudo_terminal(lms: dict[str, Any]) -> None:
     """Interactive chat as a person drives it: a prompt, an answer, /clear, another, /bye."""
-    import pty
-    import select
-    import time
+    from pty_chat import PtyChat
 
-    env = {**os.environ, "GPUX_HOME": str(lms["root"])}
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: gpux chat on the terminal
-        os.execvpe(sys.executable, [sys.executable, "-m", "gpux", "chat", lms["ref"]["llama"],
-                                    "--max-new-tokens", "6"], env)
-    seen = b""
-
-    def read_until(marker: bytes, count: int, timeout: float = 60.0) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + timeout
-        while seen.count(marker) < count and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if ready:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:
-                    break
-        assert seen.count(marker) >= count, seen.decode(errors="replace")
-
+    chat = PtyChat([lms["ref"]["llama"], "--max-new-tokens", "6"], {**os.environ, "GPUX_HOME": str(lms["root"])})
     try:
-        read_until(b">>> ", 1)
-        assert b"/bye" in seen  # the help line a terminal user sees
-        os.write(fd, b"Hello there\n")
-        read_until(b">>> ", 2)
-        os.write(fd, b"/clear\n")
-        read_until(b"Cleared", 1)
-        os.write(fd, b"/bye\n")
-        deadline, status = time.monotonic() + 60, None
-        while status is None and time.monotonic() < deadline:  # bounded: a stuck chat fails, never hangs
-            done_pid, code = os.waitpid(pid, os.WNOHANG)
-            status = code if done_pid else None
-            time.sleep(0.1)
-        assert status is not None and os.WEXITSTATUS(status) == 0, seen.decode(errors="replace")
+        chat.prompts(1, timeout=60)
+        assert b"/bye" in chat.seen  # the help line a terminal user sees
+        chat.type(b"Hello there\n")
+        chat.prompts(2, timeout=60)
+        chat.type(b"/clear\n")
+        chat.read_until(lambda s: b"Cleared" in s, timeout=60)
+        chat.type(b"/bye\n")
+        assert chat.exit_status() == 0, chat.seen.decode(errors="replace")
     finally:
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
-        os.close(fd)
+        chat.close()
 
 
 def test_gpux_chat_with_a_prompt_streams_one_answer(lms: dict[str, Any]) -> None:

@@ -12,9 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -247,52 +245,22 @@ def test_ctrl_c_stops_the_answer_not_the_chat(smollm2_ref: tuple[str, Path]) -> 
     """The real SmolLM2 through a pseudo-terminal: Ctrl-C mid-answer stops it (fewer tokens than asked), the
     chat goes on to the next prompt, /bye leaves with 0. A long answer (400 tokens, seconds here) leaves room
     to interrupt it: the tiny test models answer faster than a terminal can interrupt."""
-    import pty
     import re
-    import select
+
+    from pty_chat import PtyChat
 
     ref, root = smollm2_ref
-    env = {**os.environ, "GPUX_HOME": str(root)}
-    pid, fd = pty.fork()
-    if pid == 0:
-        import signal
-
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a terminal's shell starts it (pytest may run with it ignored)
-        os.execvpe(sys.executable, [sys.executable, "-m", "gpux", "chat", ref, "--max-new-tokens", "400",
-                                    "--verbose"], env)
-    seen = b""
-
-    def read_until(predicate: Any, timeout: float = 120.0) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + timeout
-        while not predicate(seen) and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:
-                    break
-        assert predicate(seen), seen.decode(errors="replace")
-
+    chat = PtyChat([ref, "--max-new-tokens", "400", "--verbose"], {**os.environ, "GPUX_HOME": str(root)})
     try:
-        read_until(lambda s: s.count(b">>> ") >= 1)
-        os.write(fd, b"Tell me a very long story about the sea.\n")
-        start = len(seen)
-        read_until(lambda s: len(s) - start > 120)  # the answer is streaming
-        os.write(fd, b"\x03")  # Ctrl-C, as the terminal sends it
-        read_until(lambda s: s.count(b">>> ") >= 2)
-        counts = [int(n) for n in re.findall(rb"eval count:\s+(\d+)", seen)]
-        assert counts and counts[-1] < 400, seen.decode(errors="replace")
-        os.write(fd, b"/bye\n")
-        deadline, status = time.monotonic() + 60, None
-        while status is None and time.monotonic() < deadline:
-            done_pid, code = os.waitpid(pid, os.WNOHANG)
-            status = code if done_pid else None
-            time.sleep(0.1)
-        assert status is not None and os.WEXITSTATUS(status) == 0, seen.decode(errors="replace")
+        chat.prompts(1)
+        chat.type(b"Tell me a very long story about the sea.\n")
+        start = len(chat.seen)
+        chat.read_until(lambda s: len(s) - start > 120)  # the answer is streaming
+        chat.type(b"\x03")  # Ctrl-C, as the terminal sends it
+        chat.prompts(2)
+        counts = [int(n) for n in re.findall(rb"eval count:\s+(\d+)", chat.seen)]
+        assert counts and counts[-1] < 400, chat.seen.decode(errors="replace")
+        chat.type(b"/bye\n")
+        assert chat.exit_status() == 0, chat.seen.decode(errors="replace")
     finally:
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
-        os.close(fd)
+        chat.close()
