@@ -57,7 +57,7 @@ def export_dual(folder: Path, work: Path, processor: dict[str, Any], *, allow_pi
     channels = int(getattr(getattr(model.config, "vision_config", None), "num_channels", 3) or 3)
     vocab = int(model.config.text_config.vocab_size)
     if audio:  # the feature shape the model's own extractor makes, from one second of silence
-        from gpux.preprocess.audio import AudioProcessor
+        from gpux.preprocess.audio_features import AudioProcessor
 
         made = AudioProcessor.from_config(processor)([np.zeros(int(processor.get("sampling_rate") or 48000),
                                                                np.float32)])

@@ -110,7 +110,7 @@ class AudioTask(MediaTask):
 
     def __init__(self, model: Model) -> None:
         super().__init__(model)
-        from gpux.preprocess.audio import AudioProcessor
+        from gpux.preprocess.audio_features import AudioProcessor
 
         self.rate = int(self.config.get("sampling_rate") or self.processor_config.get("sampling_rate") or 16000)
         self.processor = AudioProcessor.from_config(self.processor_config)
