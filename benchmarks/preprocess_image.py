@@ -49,7 +49,7 @@ def _runners(data: bytes, draft: float | None) -> tuple[Callable[[], Any], Calla
     from transformers.image_utils import load_image as tf_load_image
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
-    from gpux.preprocess.image import ImageProcessor
+    from gpux.preprocess.image_processor import ImageProcessor
 
     hf = ViTImageProcessorPil()
     with tempfile.TemporaryDirectory() as d:

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpux.errors import ConvertError, RegistryError
-from gpux.registry.ct2_format import (MAX_BINARY_VERSION, CT2Metadata, _header, is_ct2_model,  # noqa: F401
+from gpux.registry.ct2_format import (_DAMAGED_HINT, MAX_BINARY_VERSION, CT2Metadata, _header,  # noqa: F401
+                                      is_ct2_model,
                                       is_ct2_whisper, read_ct2)
 
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ RECORD = "ct2_source.json"
 _NEEDED = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
            "tokenizer_config.json", "preprocessor_config.json", RECORD)
 _EXTRA_HINT = "pip install 'gpux[convert]'"
-_DAMAGED_HINT = "the file is truncated or damaged: copy or download the model folder again"
 
 
 # ---------------------------------------------------------------------------------------------- mapping

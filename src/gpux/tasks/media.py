@@ -90,7 +90,7 @@ class ImageTask(MediaTask):
 
     def __init__(self, model: Model) -> None:
         super().__init__(model)
-        from gpux.preprocess.image import ImageProcessor
+        from gpux.preprocess.image_processor import ImageProcessor
 
         self.processor = ImageProcessor.from_config(self.processor_config)
 

@@ -25,7 +25,7 @@ class ZeroShotVideoClassifier(MediaTask):
         super().__init__(model)
         from tokenizers import Tokenizer
 
-        from gpux.preprocess.image import ImageProcessor
+        from gpux.preprocess.image_processor import ImageProcessor
 
         self.processor = ImageProcessor.from_config(self.processor_config)
         self.frames = int(self.config["num_frames"])
