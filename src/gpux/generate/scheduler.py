@@ -257,23 +257,20 @@ class Scheduler:
     def _reap(self) -> None:
         """Cancelled and expired jobs leave, waiting or running; their reservations are freed."""
         with self._cv:
-            for queue in (self._waiting,):
-                for job in [j for j in queue if self._gone(j) is not False]:
-                    queue.remove(job)
-                    gone = self._gone(job)
-                    self._end(job, gone if isinstance(gone, BaseException) else None)
-        for job in [j for j in self._prefill if self._gone(j) is not False]:
-            self._prefill.remove(job)
-            gone = self._gone(job)
-            self._end(job, gone if isinstance(gone, BaseException) else None)
+            self._waiting = deque(j for j in self._waiting if not self._left(j))
+        self._prefill = [j for j in self._prefill if not self._left(j)]
         if self._running is not None:
-            leaving = [i for i, j in enumerate(self._running.jobs) if j.done or self._gone(j) is not False]
-            for i in leaving:
-                job = self._running.jobs[i]
-                gone = self._gone(job)
-                self._end(job, gone if isinstance(gone, BaseException) else None)
+            leaving = {i for i, j in enumerate(self._running.jobs) if j.done or self._left(j)}
             if leaving:
-                self._running = self._without(self._running, set(leaving))
+                self._running = self._without(self._running, leaving)
+
+    def _left(self, job: Job) -> bool:
+        """End ``job`` if it was cancelled or ran past its deadline (then True), else False."""
+        gone = self._gone(job)
+        if gone is False:
+            return job.done
+        self._end(job, gone if isinstance(gone, BaseException) else None)
+        return True
 
     # -- prefill ---------------------------------------------------------------------------------------
     def _prefill_step(self) -> None:
