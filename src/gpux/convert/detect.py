@@ -40,6 +40,9 @@ PIPELINE_TAGS: dict[str, str] = {
     "question-answering": "question-answering",
     "text-ranking": "text-ranking",
     "text-generation": "text-generation",
+    "text2text-generation": "text2text-generation",
+    "translation": "text2text-generation",
+    "summarization": "text2text-generation",
     "image-classification": "image-classification",
     "audio-classification": "audio-classification",
     "automatic-speech-recognition": "automatic-speech-recognition",
@@ -105,6 +108,9 @@ def head_of(arch: str) -> str:
 
 def tasks_of(arch: str, config: dict[str, Any]) -> tuple[str, ...]:
     """The tasks a checkpoint saved from ``arch`` can do (its head's, then embeddings); () if none."""
+    if config.get("is_encoder_decoder") and ("ForConditionalGeneration" in arch or arch.endswith("MTModel")):
+        # An encoder–decoder generates: text from text (T5, BART, Marian), or text from speech (Whisper).
+        return ("automatic-speech-recognition",) if config.get("num_mel_bins") else ("text2text-generation",)
     if is_base_model(arch) and isinstance(config.get("text_config"), dict):  # two towers: CLIP, SigLIP, CLAP
         if isinstance(config.get("vision_config"), dict):
             video = "num_frames" in config["vision_config"] or "mit_hidden_size" in config  # X-CLIP
@@ -155,7 +161,8 @@ def detect_task(folder: Path, supported: tuple[str, ...]) -> str:
     if (folder / "modules.json").is_file():
         return "feature-extraction"
     able = capabilities(folder)
-    if able is not None and known_head(able[0]) and able[1][0] in supported:
+    generates = bool(able and able[1] and able[1][0] in ("text2text-generation", "automatic-speech-recognition"))
+    if able is not None and (known_head(able[0]) or generates) and able[1][0] in supported:
         return able[1][0]  # an unknown head's tasks hold only the encoder: suggested, never picked silently
     tag = pipeline_tag(folder)
     if able is None and tag in PIPELINE_TAGS and PIPELINE_TAGS[tag] in supported:

@@ -14,7 +14,7 @@ from gpux.store.bundle import Bundle, Manifest
 from gpux.store.local import Store
 
 SUPPORTED_TASKS = ("feature-extraction", "text-classification", "text-ranking", "token-classification",
-                   "question-answering", "fill-mask", "text-generation", "image-classification",
+                   "question-answering", "fill-mask", "text-generation", "text2text-generation", "image-classification",
                    "audio-classification", "automatic-speech-recognition", "image-feature-extraction",
                    "audio-feature-extraction", "zero-shot-image-classification", "zero-shot-audio-classification",
                    "zero-shot-video-classification")
@@ -115,7 +115,11 @@ def convert(folder: Path, *, name: str, source: dict[str, Any], task: str | None
     if task is not None:
         check_task(folder, task)
     from gpux.convert.media import media_input
+    from gpux.convert.seq2seq_bundle import SEQ2SEQ_TASKS, convert_seq2seq, is_seq2seq_folder
 
+    if (folder / "config.json").is_file() and is_seq2seq_folder(folder) and task in (None, *SEQ2SEQ_TASKS):
+        return convert_seq2seq(folder, name=name, source=source, task=task or detect_task(folder, SUPPORTED_TASKS),
+                               allow_pickle=allow_pickle, store=store or Store())
     media = media_input(folder) if (folder / "config.json").is_file() else None
     if media is not None and task in (None, "feature-extraction", "text-classification"):
         task = task or detect_task(folder, SUPPORTED_TASKS)

@@ -15,7 +15,7 @@ ids count real tokens only, as transformers' ``generate`` does. A finished row k
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,11 @@ class Sequence:
     finish_reason: str | None = None
     #: Hand each event the raw logits it was sampled from (an ensemble compares models' distributions).
     keep_logits: bool = False
+    #: Changes this row's logits in place before sampling (a model's own rules: Whisper's timestamp pairs,
+    #: suppressed tokens); called with the logits and the sequence.
+    process: Callable[[np.ndarray, Sequence], None] | None = None
+    #: The encoder's input of an encoder–decoder row (its source token ids); None for decoder-only models.
+    source: Any = None
     _seen: np.ndarray | None = None
     _filled: int = 0
 
@@ -180,6 +185,8 @@ def choose(row: int, s: Sequence, logits: np.ndarray, eos_ids: frozenset[int]) -
     raw = logits.copy() if s.keep_logits else None
     if len(s.tokens) < s.params.min_new_tokens and eos_ids:
         logits[list(eos_ids)] = -np.inf  # as transformers' MinNewTokensLengthLogitsProcessor
+    if s.process is not None:
+        s.process(logits, s)
     choice = s.sampler.step(logits, s.seen())
     s.tokens.append(choice.id)
     s.choices.append(choice)

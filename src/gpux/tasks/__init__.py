@@ -23,6 +23,7 @@ TASKS: dict[str, str] = {
     "question-answering": "gpux.tasks.question_answering:QuestionAnswering",
     "text-ranking": "gpux.tasks.ranking:Ranker",
     "text-generation": "gpux.tasks.generation:Generation",
+    "text2text-generation": "gpux.tasks.text2text:Text2Text",
     "image-classification": "gpux.tasks.image_classification:ImageClassifier",
     "audio-classification": "gpux.tasks.audio_classification:AudioClassifier",
     "automatic-speech-recognition": "gpux.tasks.speech_recognition:SpeechRecognizer",
@@ -31,6 +32,12 @@ TASKS: dict[str, str] = {
     "zero-shot-image-classification": "gpux.tasks.zero_shot:ZeroShotImageClassifier",
     "zero-shot-audio-classification": "gpux.tasks.zero_shot:ZeroShotAudioClassifier",
     "zero-shot-video-classification": "gpux.tasks.zero_shot_video:ZeroShotVideoClassifier",
+}
+
+#: Tasks an encoder–decoder bundle (graphs "encoder" and "decoder") runs with another class than the
+#: single-graph model of the same task: Whisper-style speech recognition generates, CTC does not.
+SEQ2SEQ_TASKS: dict[str, str] = {
+    "automatic-speech-recognition": "gpux.tasks.whisper:SpeechToText",
 }
 
 
@@ -63,15 +70,17 @@ class Task(Protocol):
 
 def for_model(model: Model) -> Task | None:
     """The task pipeline for ``model``'s manifest task, or None for a raw-tensor model."""
-    cls = task_class(model.bundle.manifest.task)
+    m = model.bundle.manifest
+    cls = task_class(m.task, seq2seq={"encoder", "decoder"} <= set(m.graphs))
     return cls(model) if cls is not None else None  # type: ignore[no-any-return]
 
 
-def task_class(name: str | None) -> type | None:
-    """The class implementing task ``name`` (imported), or None for a raw-tensor model."""
+def task_class(name: str | None, seq2seq: bool = False) -> type | None:
+    """The class implementing task ``name`` (imported; ``seq2seq``: for an encoder–decoder bundle), or None
+    for a raw-tensor model."""
     if name is None or name not in TASKS:
         return None
-    module, _, cls = TASKS[name].partition(":")
+    module, _, cls = ((SEQ2SEQ_TASKS.get(name) if seq2seq else None) or TASKS[name]).partition(":")
     return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
 
 
