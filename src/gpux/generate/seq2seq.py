@@ -93,13 +93,14 @@ class Seq2SeqLoop:
         return np.asarray(logits.numpy()[:, -1, :], dtype=np.float32), present
 
     def run(self, seqs: list[Sequence], feed: dict[str, np.ndarray], pad_id: int,
-            eos_ids: frozenset[int]) -> Iterator[list[Event]]:
+            eos_ids: frozenset[int], cross: list[Any] | None = None) -> Iterator[list[Event]]:
         """Yield, after every step, the events of the rows still running. ``feed`` is the encoder's batch
-        (one row per sequence); each sequence's ``prompt`` is its decoder prompt, all of one length."""
+        (one row per sequence; ``cross``: its encoding, when the caller already has it); each sequence's
+        ``prompt`` is its decoder prompt, all of one length."""
         if len({len(s.prompt) for s in seqs}) != 1:
             raise UsageError("rows of one encoder–decoder batch need decoder prompts of one length",
                              hint="run rows with different decoder prompts in separate batches")
-        cross = self.encode(feed)
+        cross = cross if cross is not None else self.encode(feed)
         mask = feed.get("attention_mask") if self.masked else None
         ids = np.asarray([s.prompt for s in seqs], np.int64)
         past = self.empty_cache(len(seqs))
