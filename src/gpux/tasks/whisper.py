@@ -197,7 +197,7 @@ class SpeechToText(AudioTask):
             window_s = len(wave) / self.rate
             if ts:
                 segs, seek = segments(s.tokens, self.begin, self.eos, window_s)
-                found = [{"start": round(g.start, 2), "end": round(min(g.end, window_s), 2),
+                found = [{"start": round(min(g.start, window_s), 2), "end": round(min(g.end, window_s), 2),
                           "text": self._decode(list(g.tokens))} for g in segs]
                 text = "".join(str(f["text"]) for f in found)
             else:
