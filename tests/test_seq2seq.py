@@ -25,7 +25,7 @@ from gpux.errors import GpuxError
 from gpux.serve.app import create_app
 from gpux.serve.manager import ModelManager
 from gpux.store.local import Store
-from s2s_models import tiny_en_folder, tiny_text, tiny_whisper
+from s2s_models import tiny_blip, tiny_en_folder, tiny_text, tiny_whisper
 from serve_helpers import LiveServer
 
 TEXTS = ["translate English to German: the house is wonderful", "hi",
@@ -38,7 +38,7 @@ SENTENCES = ("The quick brown fox jumps over the lazy dog", "Please call me tomo
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
     """T5, BART and a multilingual Whisper (random weights) converted into one store: (root, source folders)."""
     root, src = tmp_path_factory.mktemp("s2s-home"), tmp_path_factory.mktemp("s2s-src")
-    folders = {"t5": tiny_text(src / "t5", "t5"), "bart": tiny_text(src / "bart", "bart")}
+    folders = {"t5": tiny_text(src / "t5", "t5"), "bart": tiny_text(src / "bart", "bart"), "blip": tiny_blip(src / "blip")}
     if tiny_en_folder() is not None:
         folders["whisper"] = tiny_whisper(src / "whisper")
     for name, folder in folders.items():
@@ -155,6 +155,42 @@ def test_served_text2text_openai_stream_equals_offline_and_requests_overlap(stor
 
         listed = httpx.get(server.url + "/models", timeout=10).json()
         assert "t5" in json.dumps(listed)
+
+
+def test_blip_captions_with_and_without_a_prompt_equal_transformers(store: tuple[Path, dict[str, Path]],
+                                                                   tmp_path: Path) -> None:
+    import torch
+    import transformers as tf
+    from PIL import Image
+
+    root, folders = store
+    rng = np.random.default_rng(0)
+    files = []
+    for i, (size, mode) in enumerate((((90, 70), "RGB"), ((40, 64), "RGBA"), ((64, 64), "L"))):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray((rng.random((*size, 4 if mode == "RGBA" else 3)) * 255).astype("uint8")).convert(mode).save(path)
+        files.append(path)
+    ref = tf.BlipForConditionalGeneration.from_pretrained(folders["blip"]).eval()
+    pixels = tf.BlipImageProcessorPil.from_pretrained(folders["blip"])(
+        [Image.open(f).convert("RGB") for f in files], return_tensors="pt").pixel_values
+    tok = tf.AutoTokenizer.from_pretrained(folders["blip"])
+    model = gpux.load("blip", store=Store(root))
+    assert model.bundle.manifest.task == "image-to-text"
+    assert model.bundle.manifest.conversion["parity"]["greedy_agreement"] == 1.0
+    for prompt in (None, "a picture of"):
+        kwargs: dict[str, Any] = {}
+        if prompt:
+            t = tok([prompt] * len(files), return_tensors="pt")
+            kwargs = {"input_ids": t.input_ids, "attention_mask": t.attention_mask}
+        with torch.no_grad():
+            want = ref.generate(pixel_values=pixels, max_new_tokens=10, **kwargs).tolist()
+        got = model.task({"inputs": [str(f) for f in files],
+                          "parameters": {"max_new_tokens": 10, **({"prompt": prompt} if prompt else {})}})["captions"]
+        for w, g in zip(want, got):
+            assert g["text"] == tok.decode(w, skip_special_tokens=True)
+            assert g["token_ids"] == w[len(w) - len(g["token_ids"]):]
+        if prompt:
+            assert all(g["text"].startswith(prompt) for g in got)
 
 
 # -- Whisper (random multilingual) ----------------------------------------------------------------------

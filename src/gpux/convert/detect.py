@@ -41,6 +41,7 @@ PIPELINE_TAGS: dict[str, str] = {
     "text-ranking": "text-ranking",
     "text-generation": "text-generation",
     "text2text-generation": "text2text-generation",
+    "image-to-text": "image-to-text",
     "translation": "text2text-generation",
     "summarization": "text2text-generation",
     "image-classification": "image-classification",
@@ -108,9 +109,17 @@ def head_of(arch: str) -> str:
 
 def tasks_of(arch: str, config: dict[str, Any]) -> tuple[str, ...]:
     """The tasks a checkpoint saved from ``arch`` can do (its head's, then embeddings); () if none."""
-    if config.get("is_encoder_decoder") and ("ForConditionalGeneration" in arch or arch.endswith("MTModel")):
-        # An encoder–decoder generates: text from text (T5, BART, Marian), or text from speech (Whisper).
-        return ("automatic-speech-recognition",) if config.get("num_mel_bins") else ("text2text-generation",)
+    if config.get("is_encoder_decoder") and ("ForConditionalGeneration" in arch or arch.endswith("MTModel")
+                                             or arch == "VisionEncoderDecoderModel"):
+        # An encoder–decoder generates: text from text (T5, BART, Marian), from speech (Whisper), from images.
+        if config.get("num_mel_bins"):
+            return ("automatic-speech-recognition",)
+        encoder = config.get("encoder")
+        return ("image-to-text",) if isinstance(encoder, dict) and encoder.get("image_size") else ("text2text-generation",)
+    text = config.get("text_config")
+    if "ForConditionalGeneration" in arch and isinstance(config.get("vision_config"), dict) and isinstance(text, dict) \
+            and text.get("is_decoder"):
+        return ("image-to-text",)  # a vision model and a text decoder with cross-attention (BLIP)
     if is_base_model(arch) and isinstance(config.get("text_config"), dict):  # two towers: CLIP, SigLIP, CLAP
         if isinstance(config.get("vision_config"), dict):
             video = "num_frames" in config["vision_config"] or "mit_hidden_size" in config  # X-CLIP
@@ -161,7 +170,7 @@ def detect_task(folder: Path, supported: tuple[str, ...]) -> str:
     if (folder / "modules.json").is_file():
         return "feature-extraction"
     able = capabilities(folder)
-    generates = bool(able and able[1] and able[1][0] in ("text2text-generation", "automatic-speech-recognition"))
+    generates = bool(able and able[1] and able[1][0] in ("text2text-generation", "automatic-speech-recognition", "image-to-text"))
     if able is not None and (known_head(able[0]) or generates) and able[1][0] in supported:
         return able[1][0]  # an unknown head's tasks hold only the encoder: suggested, never picked silently
     tag = pipeline_tag(folder)

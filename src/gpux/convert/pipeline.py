@@ -14,7 +14,7 @@ from gpux.store.bundle import Bundle, Manifest
 from gpux.store.local import Store
 
 SUPPORTED_TASKS = ("feature-extraction", "text-classification", "text-ranking", "token-classification",
-                   "question-answering", "fill-mask", "text-generation", "text2text-generation", "image-classification",
+                   "question-answering", "fill-mask", "text-generation", "text2text-generation", "image-to-text", "image-classification",
                    "audio-classification", "automatic-speech-recognition", "image-feature-extraction",
                    "audio-feature-extraction", "zero-shot-image-classification", "zero-shot-audio-classification",
                    "zero-shot-video-classification")

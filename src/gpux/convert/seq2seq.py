@@ -15,7 +15,8 @@ The two graphs::
       outputs  logits                     [batch, sequence, vocab]
                present.{i}.key / .value   [batch, heads_i, past + sequence, head_dim_i]
 
-Why the encoder graph ends in the cross-attention keys and values rather than its hidden states: they are
+``input_ids`` may also be ``pixel_values`` [batch, channels, height, width] (image captioners: BLIP, and
+``VisionEncoderDecoderModel`` checkpoints). Why the encoder graph ends in the cross-attention keys and values rather than its hidden states: they are
 computed once per input and every decoder step reads them, so the decoder never re-projects the encoder
 output (the work Optimum's "decoder without past" graph repeats). Nothing names a family: the encoder wrapper
 runs the model's own decoder for one token with an empty ``EncoderDecoderCache`` and returns the cross
@@ -23,8 +24,10 @@ cache transformers fills (the tracer keeps only what those outputs need); the de
 model an ``EncoderDecoderCache`` whose cross half is full, so transformers skips the projection, and a
 zero stand-in for the encoder output of the right shape (read by nothing but shape logic, pruned).
 
-Parity (stored in the manifest): cross keys/values, first-step logits and 8 teacher-forced steps (cosine per
-row), and greedy tokens over 24 steps vs a PyTorch greedy loop on the same batch.
+Two ways of calling the halves (:class:`Parts`): an encoder–decoder (``is_encoder_decoder``: the model's
+``get_encoder()``, then its forward with ``encoder_outputs``), or a captioner made of a vision model and a
+text decoder with cross-attention (BLIP: ``vision_model`` then ``text_decoder``), told apart by what the
+loaded model has, not by its family's name. Parity is in gpux.convert.seq2seq_parity.
 """
 
 from __future__ import annotations
@@ -37,30 +40,77 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gpux.errors import ConvertError
 
 PARITY_DECODE_STEPS = 8
 PARITY_NEW_TOKENS = 24
 PARITY_MIN_COSINE = 0.999
 #: Encoder inputs gpux prepares, in the order a model's encoder is searched for them.
-ENCODER_INPUTS = ("input_ids", "input_features")
+ENCODER_INPUTS = ("input_ids", "input_features", "pixel_values")
+
+
+class Parts:
+    """How to run the two halves of ``model`` (see the module docstring)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.captioner = not getattr(model.config, "is_encoder_decoder", False) and all(
+            hasattr(model, a) for a in ("vision_model", "text_decoder"))
+
+    @property
+    def encoder(self) -> Any:
+        return self.model.vision_model if self.captioner else self.model.get_encoder()
+
+    def encode(self, feed: dict[str, Any]) -> Any:
+        """The encoder's last hidden states."""
+        return self.encoder(**feed)[0]
+
+    def decode(self, ids: Any, hidden: Any, mask: Any, cache: Any) -> Any:
+        """One decoder call (``.logits``, ``.past_key_values``) over ``cache``."""
+        if self.captioner:
+            return self.model.text_decoder(input_ids=ids, encoder_hidden_states=hidden, past_key_values=cache,
+                                           use_cache=True, return_dict=True)
+        kwargs = {"attention_mask": mask} if mask is not None else {}
+        return self.model(encoder_outputs=(hidden,), decoder_input_ids=ids, past_key_values=cache, use_cache=True,
+                          **kwargs)
+
+    def start(self) -> int:
+        """The decoder's first token: ``decoder_start_token_id``, or a captioner's text ``bos_token_id``."""
+        cfg = self.model.config
+        holders = [getattr(self.model, "generation_config", None), cfg, getattr(cfg, "decoder", None)]
+        key = "bos_token_id" if self.captioner else "decoder_start_token_id"
+        if self.captioner:
+            holders = [getattr(cfg, "text_config", None)]
+        for holder in holders:
+            value = getattr(holder, key, None)
+            if isinstance(value, int):
+                return value
+        raise ConvertError(f"{type(self.model).__name__} names no {key}",
+                           hint=f"set {key} in the model's config.json or generation_config.json")
+
+    def eos(self) -> list[int]:
+        """End-of-text ids the decoder emits (a captioner's text ``sep_token_id``); [] to read generation_config."""
+        sep = getattr(getattr(self.model.config, "text_config", None), "sep_token_id", None) if self.captioner else None
+        return [sep] if isinstance(sep, int) else []
 
 
 @dataclass(frozen=True)
 class Seq2SeqGeometry:
     """What the two graphs look like, read from the loaded model (never from a family table)."""
 
-    #: The encoder's main input: ``input_ids`` (text) or ``input_features`` (log-mel speech).
+    #: The encoder's main input: ``input_ids`` (text), ``input_features`` (log-mel speech), ``pixel_values``.
     main: str
-    #: (mel bins, frames) for speech models: the fixed window the encoder takes.
+    #: (mel bins, frames) for speech models, (height, width) for images: the fixed input the encoder takes.
     features: tuple[int, int] | None
     #: (heads, head_dim) per decoder layer, self-attention cache.
     self_layers: tuple[tuple[int, int], ...]
     #: (heads, head_dim) per decoder layer, cross-attention cache.
     cross_layers: tuple[tuple[int, int], ...]
     decoder_start: int
+    #: Width of the encoder's hidden states (the decoder wrapper's stand-in for them has this shape).
+    width: int = 0
+    #: Source positions of a fixed-size input (frames after the convolutions, image patches); 0 for text.
+    source: int = 0
 
     @property
     def masked(self) -> bool:
@@ -89,7 +139,7 @@ class Seq2SeqGeometry:
                 *self.cross_names]
 
     def as_json(self) -> dict[str, Any]:
-        return {"main": self.main, "features": list(self.features) if self.features else None,
+        return {"main": self.main, "features": list(self.features) if self.features else None, "source": self.source,
                 "self_layers": [list(x) for x in self.self_layers],
                 "cross_layers": [list(x) for x in self.cross_layers], "decoder_start": self.decoder_start}
 
@@ -99,18 +149,25 @@ def is_seq2seq(model_config: Any) -> bool:
     return bool(getattr(model_config, "is_encoder_decoder", False))
 
 
-def _main_input(model: Any) -> str:
-    params = inspect.signature(model.get_encoder().forward).parameters
+def _main_input(parts: Parts) -> str:
+    model = parts.model
+    params = inspect.signature(parts.encoder.forward).parameters
     found = next((p for p in ENCODER_INPUTS if p in params), None)
     if found is None:
         raise ConvertError(f"{type(model).__name__}'s encoder takes {', '.join(list(params)[:4])}, which gpux "
-                           "cannot prepare", hint="text (input_ids) and log-mel speech (input_features) "
-                                                  "encoder–decoders convert today")
+                           "cannot prepare", hint="text (input_ids), log-mel speech (input_features) and image "
+                                                  "(pixel_values) encoder–decoders convert today")
     return found
 
 
-def _features(model: Any) -> tuple[int, int] | None:
+def _features(model: Any, main: str, folder: Path | None) -> tuple[int, int] | None:
+    if main == "input_ids":
+        return None
     cfg = model.config
+    if main == "pixel_values":
+        from gpux.convert.media import _processor, image_size
+
+        return image_size(_processor(folder) if folder is not None else {}, getattr(cfg, "encoder", None) or cfg)
     bins = getattr(cfg, "num_mel_bins", None)
     positions = getattr(cfg, "max_source_positions", None)
     if not bins or not positions:
@@ -127,6 +184,9 @@ def encoder_example(model: Any, geometry_main: str, features: tuple[int, int] | 
     import torch
 
     g = torch.Generator().manual_seed(seed)
+    if geometry_main == "pixel_values":
+        assert features is not None
+        return {"pixel_values": torch.randn(batch, 3, features[0], features[1], generator=g)}
     if geometry_main == "input_features":
         assert features is not None
         return {"input_features": torch.randn(batch, features[0], features[1], generator=g)}
@@ -139,25 +199,21 @@ def encoder_example(model: Any, geometry_main: str, features: tuple[int, int] | 
     return {"input_ids": ids * mask + pad * (1 - mask), "attention_mask": mask}
 
 
-def _start(model: Any) -> int:
-    for holder in (getattr(model, "generation_config", None), model.config):
-        value = getattr(holder, "decoder_start_token_id", None)
-        if isinstance(value, int):
-            return value
-    raise ConvertError(f"{type(model).__name__} names no decoder_start_token_id",
-                       hint="set decoder_start_token_id in the model's config.json or generation_config.json")
-
-
-def geometry_of(model: Any) -> Seq2SeqGeometry:
-    """One forward pass with ``use_cache=True``: the returned caches say each layer's shapes."""
+def geometry_of(model: Any, folder: Path | None = None) -> Seq2SeqGeometry:
+    """One encoder pass and one decoder step with ``use_cache=True``: the returned caches say each layer's shapes."""
     import torch
+    from transformers import EncoderDecoderCache
 
-    main = _main_input(model)
-    features = _features(model) if main == "input_features" else None
-    start = _start(model)
+    parts = Parts(model)
+    main = _main_input(parts)
+    features = _features(model, main, folder)
+    start = parts.start()
     feed = encoder_example(model, main, features, batch=1)
     with torch.no_grad():
-        out = model(**feed, decoder_input_ids=torch.tensor([[start]]), use_cache=True)
+        hidden = parts.encode(feed)
+        cfg = model.config
+        out = parts.decode(torch.tensor([[start]]), hidden, feed.get("attention_mask"),
+                           EncoderDecoderCache(_cache([], cfg), _cache([], cfg)))
     cache = getattr(out, "past_key_values", None)
     halves = (getattr(cache, "self_attention_cache", None), getattr(cache, "cross_attention_cache", None))
     if any(h is None or not getattr(h, "layers", None) for h in halves):
@@ -174,12 +230,14 @@ def geometry_of(model: Any) -> Seq2SeqGeometry:
             got.append((int(k.shape[1]), int(k.shape[3])))
         return tuple(got)
 
-    return Seq2SeqGeometry(main, features, shapes(halves[0]), shapes(halves[1]), start)
+    fixed = 0 if main == "input_ids" else int(hidden.shape[1])
+    return Seq2SeqGeometry(main, features, shapes(halves[0]), shapes(halves[1]), start, int(hidden.shape[-1]), fixed)
 
 
 def _cache(pairs: list[tuple[Any, Any]], config: Any) -> Any:
     from transformers import DynamicCache
 
+    config = getattr(config, "text_config", None) or getattr(config, "decoder", None) or config
     return DynamicCache(pairs, config=config) if pairs else DynamicCache(config=config)
 
 
@@ -187,6 +245,8 @@ def encoder_wrapper(model: Any, geometry: Seq2SeqGeometry) -> Any:
     """Encoder inputs in, the decoder's cross-attention keys and values out (see the module docstring)."""
     import torch
     from transformers import EncoderDecoderCache
+
+    parts = Parts(model)
 
     class Encoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -199,7 +259,7 @@ def encoder_wrapper(model: Any, geometry: Seq2SeqGeometry) -> Any:
             start = torch.zeros((first.shape[0], 1), dtype=torch.long) + geometry.decoder_start
             cfg = self.model.config
             cache = EncoderDecoderCache(_cache([], cfg), _cache([], cfg))
-            out = self.model(**feed, decoder_input_ids=start, past_key_values=cache, use_cache=True)
+            out = parts.decode(start, parts.encode(feed), feed.get("attention_mask"), cache)
             flat = []
             for layer in out.past_key_values.cross_attention_cache.layers:
                 flat += [layer.keys, layer.values]
@@ -214,7 +274,8 @@ def decoder_wrapper(model: Any, geometry: Seq2SeqGeometry) -> Any:
     from transformers import EncoderDecoderCache
 
     n_self, n_cross = len(geometry.self_layers), len(geometry.cross_layers)
-    width = int(getattr(model.config, "d_model", 0) or getattr(model.config, "hidden_size", 0))
+    width = geometry.width
+    parts = Parts(model)
 
     class Decoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -232,9 +293,7 @@ def decoder_wrapper(model: Any, geometry: Seq2SeqGeometry) -> Any:
             cache = EncoderDecoderCache(_cache(past, cfg), _cache(cross, cfg))
             source = cross[0][0]
             hidden = torch.zeros((source.shape[0], source.shape[2], width), dtype=source.dtype)
-            kwargs: dict[str, Any] = {"attention_mask": mask} if mask is not None else {}
-            out = self.model(encoder_outputs=(hidden,), decoder_input_ids=ids, past_key_values=cache,
-                             use_cache=True, **kwargs)
+            out = parts.decode(ids, hidden, mask, cache)
             flat = [out.logits]
             for layer in out.past_key_values.self_attention_cache.layers:
                 flat += [layer.keys, layer.values]
@@ -256,8 +315,7 @@ def decoder_example(model: Any, geometry: Seq2SeqGeometry, batch: int = 2, past:
         mask[1:, -3:] = 0
         tensors.append(mask)
     else:
-        assert geometry.features is not None
-        source = geometry.features[1] // 2
+        source = geometry.source
     for heads, dim in geometry.self_layers:
         tensors += [torch.randn(batch, heads, past, dim, generator=g) for _ in "kv"]
     for heads, dim in geometry.cross_layers:
@@ -313,145 +371,3 @@ def run_exporter(kind: str, model: Any, geometry: Seq2SeqGeometry, folder: Path,
                               opset_version=opset, dynamo=True, external_data=False, verbose=False)
     model.eval()
 
-
-def _cosines(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
-    ref, got = ref.reshape(ref.shape[0], -1), got.reshape(got.shape[0], -1)
-    return np.sum(ref * got, -1) / np.maximum(np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1), 1e-12)
-
-
-class _OrtPair:
-    """The minimal encoder + cached decoder loop the parity check needs (the engine's lives in gpux.generate)."""
-
-    def __init__(self, folder: Path, geometry: Seq2SeqGeometry) -> None:
-        import onnxruntime as ort
-
-        self.enc = ort.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
-        self.dec = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
-        self.g = geometry
-
-    def start(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.cross = dict(zip(self.g.cross_names, self.enc.run(None, feed)))
-        self.mask = feed.get("attention_mask")
-        batch = next(iter(feed.values())).shape[0]
-        self.past = {n: np.zeros((batch, h, 0, d), np.float32)
-                     for n, (h, d) in zip(self.g.past_names, [x for x in self.g.self_layers for _ in "kv"])}
-        return list(self.cross.values())
-
-    def step(self, ids: np.ndarray) -> np.ndarray:
-        feed = {"decoder_input_ids": ids, **self.past, **self.cross}
-        if self.g.masked:
-            feed["encoder_attention_mask"] = self.mask
-        logits, *present = self.dec.run(None, feed)
-        self.past = dict(zip(self.g.past_names, present))
-        return np.asarray(logits)
-
-
-def check_parity(model: Any, geometry: Seq2SeqGeometry, folder: Path) -> dict[str, Any]:
-    """Cross keys/values, first step and teacher-forced decode logits, greedy agreement vs PyTorch;
-    :class:`ConvertError` below the cosine floor (see the module docstring)."""
-    import torch
-
-    feed = encoder_example(model, geometry.main, geometry.features, batch=3 if geometry.masked else 2,
-                           source=13, seed=7)
-    np_feed = {k: v.numpy() for k, v in feed.items()}
-    pair = _OrtPair(folder, geometry)
-    got_cross = pair.start(np_feed)
-    batch = next(iter(np_feed.values())).shape[0]
-    ids = np.full((batch, 1), geometry.decoder_start, np.int64)
-    cos: dict[str, list[float]] = {"cross": [], "decode": []}
-    max_abs = 0.0
-    mask = feed.get("attention_mask")
-    with torch.no_grad():
-        encoded = model.get_encoder()(**feed)
-        kwargs = {"attention_mask": mask} if mask is not None else {}
-        out = model(encoder_outputs=encoded, decoder_input_ids=torch.from_numpy(ids), use_cache=True, **kwargs)
-        for layer, (k, v) in zip(out.past_key_values.cross_attention_cache.layers, zip(got_cross[::2], got_cross[1::2])):
-            cos["cross"] += [float(_cosines(layer.keys.numpy(), k).min()), float(_cosines(layer.values.numpy(), v).min())]
-        for step in range(PARITY_DECODE_STEPS + 1):
-            ref, got = out.logits[:, -1].float().numpy(), pair.step(ids)[:, -1]
-            cos["decode"].append(float(_cosines(ref, got).min()))
-            max_abs = max(max_abs, float(np.abs(ref - got).max()))
-            if step == PARITY_DECODE_STEPS:
-                break
-            ids = ref.argmax(-1)[:, None].astype(np.int64)  # PyTorch's choice drives both (teacher forcing)
-            out = model(encoder_outputs=encoded, decoder_input_ids=torch.from_numpy(ids),
-                        past_key_values=out.past_key_values, use_cache=True, **kwargs)
-        agreement = _greedy_agreement(model, encoded, kwargs, pair, np_feed, geometry)
-    low = min(min(cos["cross"]), min(cos["decode"]))
-    result: dict[str, Any] = {
-        "batch": batch, "decode_steps": PARITY_DECODE_STEPS, "cosine_cross_min": min(cos["cross"]),
-        "cosine_first_step": cos["decode"][0], "cosine_decode_min": min(cos["decode"]), "cosine_min": low,
-        "max_abs": max_abs, "threshold_cosine": PARITY_MIN_COSINE, "greedy_new_tokens": PARITY_NEW_TOKENS,
-        "greedy_agreement": agreement, "encoder_inputs": geometry.encoder_inputs,
-        "decoder_inputs": geometry.decoder_inputs}
-    if low < PARITY_MIN_COSINE:
-        raise ConvertError(f"the ONNX encoder–decoder does not match PyTorch: cosine {low:.6f} < {PARITY_MIN_COSINE} "
-                           f"(cross {min(cos['cross']):.6f}, decode {min(cos['decode']):.6f}), max-abs {max_abs:.3g}",
-                           hint="report this model; try another revision")
-    return result
-
-
-def _greedy_agreement(model: Any, encoded: Any, kwargs: dict[str, Any], pair: _OrtPair,
-                      feed: dict[str, np.ndarray], geometry: Seq2SeqGeometry) -> float:
-    """Share of new tokens, position by position, where the ONNX greedy loop picks what a PyTorch greedy
-    loop over the same model picks (raw argmax: no logits processors on either side)."""
-    import torch
-
-    batch = next(iter(feed.values())).shape[0]
-    ref = np.full((batch, 1), geometry.decoder_start, np.int64)
-    out = None
-    for _ in range(PARITY_NEW_TOKENS):
-        out = model(encoder_outputs=encoded, decoder_input_ids=torch.from_numpy(ref[:, -1:]), use_cache=True,
-                    past_key_values=None if out is None else out.past_key_values, **kwargs)
-        ref = np.concatenate([ref, out.logits[:, -1].argmax(-1).numpy()[:, None]], axis=1)
-    pair.start(feed)
-    got = np.full((batch, 1), geometry.decoder_start, np.int64)
-    for _ in range(PARITY_NEW_TOKENS):
-        got = np.concatenate([got, pair.step(got[:, -1:])[:, -1].argmax(-1)[:, None]], axis=1)
-    return float((got[:, 1:] == ref[:, 1:]).mean())
-
-
-def export(folder: Path, out: Path, *, allow_pickle: bool = False, opset: int = 18,
-           exporters: tuple[str, ...] = ("torchscript", "dynamo")) -> tuple[Any, Seq2SeqGeometry, str, dict[str, Any],
-                                                                            dict[str, str]]:
-    """Export the encoder–decoder in ``folder`` into ``out`` (encoder.onnx, decoder.onnx):
-    (loaded model, geometry, exporter, parity, rejected exporters). Exporters are tried in order; one whose
-    graphs miss parity is passed over with the reason recorded."""
-    from gpux.convert.decoder import _share_tied_head
-    from gpux.convert.export import _reason
-    from gpux.convert.media import load_for_export
-    from gpux.convert.prune import fold_file
-    from gpux.store.blobs import disk_full, no_space
-
-    model, _ = load_for_export(folder, "AutoModelForSeq2SeqLM" if _main_of_folder(folder) == "input_ids"
-                               else "AutoModelForSpeechSeq2Seq", allow_pickle)
-    geometry = geometry_of(model)
-    rejected: dict[str, str] = {}
-    for kind in exporters:
-        try:
-            run_exporter(kind, model, geometry, out, opset)
-            fold_file(out / "encoder.onnx")
-            _share_tied_head(out / "decoder.onnx")
-            parity = check_parity(model, geometry, out)
-        except ConvertError as exc:
-            rejected[kind] = exc.message
-            continue
-        except Exception as exc:  # exporters raise many unrelated types
-            full = no_space(exc)
-            if full is not None:
-                from gpux.store.local import home
-
-                raise disk_full(home(), full, "the exported model") from exc
-            rejected[kind] = _reason(exc)
-            continue
-        return model, geometry, kind, parity, rejected
-    detail = "; ".join(f"{k}: {v}" for k, v in rejected.items())
-    raise ConvertError(f"{type(model).__name__}: no exporter produced matching ONNX encoder and decoder graphs "
-                       f"({detail})", hint="run with -v for details; try another revision")
-
-
-def _main_of_folder(folder: Path) -> str:
-    """``input_features`` for a speech encoder–decoder (its config names mel bins), else ``input_ids``."""
-    from gpux.convert.detect import folder_config
-
-    return "input_features" if folder_config(folder).get("num_mel_bins") else "input_ids"

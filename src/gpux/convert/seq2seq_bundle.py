@@ -27,17 +27,18 @@ DECODER_RULES = ("suppress_tokens", "begin_suppress_tokens", "forced_bos_token_i
 #: Whisper's own keys (language/task/timestamp tokens); present only in speech models' generation configs.
 SPEECH_RULES = ("no_timestamps_token_id", "lang_to_id", "task_to_id", "is_multilingual", "max_initial_timestamp_index",
                 "prev_sot_token_id", "forced_decoder_ids")
-SEQ2SEQ_TASKS = ("text2text-generation", "automatic-speech-recognition")
+SEQ2SEQ_TASKS = ("text2text-generation", "automatic-speech-recognition", "image-to-text")
+#: What each task's encoder takes.
+MAIN_INPUT = {"text2text-generation": "input_ids", "automatic-speech-recognition": "input_features",
+              "image-to-text": "pixel_values"}
 
 
 def is_seq2seq_folder(folder: Path) -> bool:
-    """A folder whose config says encoder–decoder (``is_encoder_decoder``) with a generation head."""
-    from gpux.convert.detect import folder_config
+    """A folder whose head generates through an encoder and a cross-attending decoder (gpux.convert.detect)."""
+    from gpux.convert.detect import capabilities
 
-    config = folder_config(folder)
-    archs = [str(a) for a in config.get("architectures") or []]
-    return bool(config.get("is_encoder_decoder")) and any("ForConditionalGeneration" in a or a.endswith("MTModel")
-                                                          for a in archs)
+    able = capabilities(folder)
+    return bool(able and able[1] and able[1][0] in SEQ2SEQ_TASKS)
 
 
 def _rules(folder: Path, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def convert_seq2seq(folder: Path, *, name: str, source: dict[str, Any], task: st
     import torch
     import transformers
 
-    from gpux.convert import generation, seq2seq, weights
+    from gpux.convert import generation, seq2seq_parity, weights
     from gpux.convert.export import OPSET
     from gpux.convert.pipeline import _max_length, _tokenizer_facts
 
@@ -62,18 +63,21 @@ def convert_seq2seq(folder: Path, *, name: str, source: dict[str, Any], task: st
     start = time.perf_counter()
     work = Path(store.scratch("convert-"))
     try:
-        model, geometry, exporter, parity, rejected = seq2seq.export(folder, work, allow_pickle=allow_pickle,
+        model, geometry, exporter, parity, rejected = seq2seq_parity.export(folder, work, allow_pickle=allow_pickle,
                                                                      opset=OPSET)
         speech = geometry.main == "input_features"
-        if speech != (task == "automatic-speech-recognition"):
+        if geometry.main != MAIN_INPUT[task]:
             raise ConvertError(f"task {task} does not fit this model: its encoder takes {geometry.main}",
                                hint="leave --task out to detect it")
         config = read_json(folder / "config.json")
         cfg = model.config
         target = int(getattr(cfg, "max_target_positions", 0) or 0) or int(
             (_rules(folder, ("max_length",)).get("max_length")) or 512)
-        source_len = geometry.features[1] if geometry.features else _max_length(folder, config, 0)
+        source_len = geometry.source or _max_length(folder, config, 0)
         tok = {} if speech else _tokenizer_facts(folder, task)
+        from gpux.convert.seq2seq import Parts
+
+        eos = Parts(model).eos()
         task_cfg: dict[str, Any] = {
             "task": task, "seq2seq": geometry.as_json(), "max_length": source_len, "max_target": target,
             "model_type": cfg.model_type, **tok,
@@ -81,8 +85,17 @@ def convert_seq2seq(folder: Path, *, name: str, source: dict[str, Any], task: st
             "rules": _rules(folder, DECODER_RULES),
         }
         task_cfg["pad_id"] = task_cfg.get("pad_id", int(getattr(cfg, "pad_token_id", 0) or 0))
+        if eos:  # a captioner ends on its text decoder's separator, not the config's eos
+            task_cfg["generation"]["eos_token_ids"] = eos
         files: dict[str, Path] = {"tokenizer.json": folder / "tokenizer.json", TASK_CONFIG: work / TASK_CONFIG}
         assets = {"tokenizer": "tokenizer.json", "task_config": TASK_CONFIG}
+        if geometry.main == "pixel_values":
+            if not (folder / "preprocessor_config.json").is_file():
+                raise ConvertError("the captioner has no preprocessor_config.json (how its images are prepared)",
+                                   hint="pull a checkpoint saved with its processor (processor.save_pretrained)")
+            task_cfg["image_size"] = list(geometry.features or ())
+            files["preprocessor_config.json"] = folder / "preprocessor_config.json"
+            assets["processor"] = "preprocessor_config.json"
         if speech:
             task_cfg["speech"] = _rules(folder, SPEECH_RULES)
             task_cfg["sampling_rate"] = int(read_json(folder / "preprocessor_config.json").get("sampling_rate")

@@ -24,6 +24,7 @@ TASKS: dict[str, str] = {
     "text-ranking": "gpux.tasks.ranking:Ranker",
     "text-generation": "gpux.tasks.generation:Generation",
     "text2text-generation": "gpux.tasks.text2text:Text2Text",
+    "image-to-text": "gpux.tasks.captioning:Captioner",
     "image-classification": "gpux.tasks.image_classification:ImageClassifier",
     "audio-classification": "gpux.tasks.audio_classification:AudioClassifier",
     "automatic-speech-recognition": "gpux.tasks.speech_recognition:SpeechRecognizer",
