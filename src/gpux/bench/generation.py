@@ -41,7 +41,8 @@ def _run_gpux(spec: dict[str, Any]) -> Any:
 
     model = gpux.load(spec["ref"], intra_op_threads=spec.get("threads"))
     task = model.task
-    vocab = int(model.graphs["model"].session.get_outputs()[0].shape[-1] or 32000)
+    graph = model.graphs["model" if "model" in model.graphs else "decoder"]  # an encoder–decoder's logits
+    vocab = int(graph.session.get_outputs()[0].shape[-1] or 32000)
 
     def once(point: dict[str, Any]) -> list[float]:
         params = SamplingParams(max_new_tokens=point["new_tokens"], min_new_tokens=point["new_tokens"])
@@ -56,11 +57,12 @@ def _run_gpux(spec: dict[str, Any]) -> Any:
 
 def _run_pytorch(spec: dict[str, Any]) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    model = AutoModelForCausalLM.from_pretrained(spec["folder"], attn_implementation="eager").eval()
+    auto = getattr(transformers, "AutoModelForSeq2SeqLM" if spec.get("seq2seq") else "AutoModelForCausalLM")
+    model = auto.from_pretrained(spec["folder"], attn_implementation="eager").eval()
     vocab = int(model.config.vocab_size)
 
     class Marks:
@@ -246,7 +248,8 @@ def engines_for(bundle: Any, precisions: list[str], baselines: list[str], store:
     source = store.manifest(base).source
     if "pytorch" in baselines:
         folder = source_folder(source)
-        engines["pytorch"] = {"engine": "pytorch", "folder": str(folder)} if folder is not None else {
+        engines["pytorch"] = {"engine": "pytorch", "folder": str(folder),
+                              "seq2seq": "decoder" in m.graphs} if folder is not None else {
             "skipped": "the folder the model was converted from is not on this machine"}
     if "llamacpp" in baselines:
         if source.get("kind") != "gguf":
@@ -272,7 +275,7 @@ def bench(bundle: Any, *, prompt_lens: list[int], new_tokens: int, batch_sizes: 
     results = run(engines, points, runs=runs, warmup=warmup, rounds=rounds, threads=threads, progress=progress)
     gpux_labels = [label for label in results if label.startswith("gpux")]
     baseline_labels = [label for label in results if not label.startswith("gpux")]
-    doc = {"model": f"{bundle.name}:{bundle.manifest.tag}", "task": "text-generation",
+    doc = {"model": f"{bundle.name}:{bundle.manifest.tag}", "task": bundle.manifest.task,
            "environment": environment(("llama-cpp-python", "torch", "transformers")), "threads": threads,
            "rounds": rounds, "runs": runs, "warmup": warmup, "engines": results,
            "ratios": {f"{g}/{b.split()[0]}": ratios(results, g, b) for g in gpux_labels for b in baseline_labels}}

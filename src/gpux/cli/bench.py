@@ -134,9 +134,13 @@ def run(
         targets = []
         for entry in plan.entries():
             bundle = common.bundle_or_pull(entry.model)
-            if bundle.manifest.task == "text-generation":
+            if bundle.manifest.task in ("text-generation", "text2text-generation"):
                 _bench_generation(plan, entry, bundle, console)
                 continue
+            if "decoder" in bundle.manifest.graphs:
+                raise UsageError(f"gpux bench does not time {bundle.manifest.task} generation yet",
+                                 hint="benchmarks/whisper.py measures Whisper end to end (load, encoder, "
+                                      "transcription, RSS, WER against faster-whisper and PyTorch)")
             given = read_input(entry.input) if entry.input else None
             targets.append(Target(entry.model, bundle, entry, unit_of(bundle.manifest.task), given))
             make_points(targets[-1], Path(work))
