@@ -239,9 +239,14 @@ def engines_for(bundle: Any, precisions: list[str], baselines: list[str], store:
             try:
                 store.get(ref)
             except GpuxError:
-                from gpux.convert.lm_variants import make
+                if "decoder" in m.graphs:  # an encoder–decoder
+                    from gpux.convert import seq2seq_variants
 
-                make(base, label, store=store, min_agreement=min_agreement)
+                    seq2seq_variants.make(base, label, store=store, min_agreement=min_agreement)
+                else:
+                    from gpux.convert.lm_variants import make
+
+                    make(base, label, store=store, min_agreement=min_agreement)
             engines[f"gpux {label}"] = {"engine": "gpux", "ref": ref}
         except GpuxError as exc:
             engines[f"gpux {label}"] = {"skipped": exc.message}

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from gpux.cli import common
-from gpux.errors import ConvertError, ModelNotFoundError, RegistryError
+from gpux.errors import ConvertError, ModelNotFoundError, RegistryError, UsageError
 from gpux.registry import split_revision
 
 if TYPE_CHECKING:
@@ -102,7 +102,8 @@ def _variant(store: Store, base: str, variant: Any, min_cosine: float | None, mi
     with store.lock(name):
         try:
             conversion = store.manifest(ref).conversion
-            base_digest = store.manifest(base).files[store.manifest(base).graphs["model"]]["sha256"]
+            bm = store.manifest(base)
+            base_digest = bm.files[bm.graphs[bm.default_graph]]["sha256"]
             # Up to date: made from this base, and its measured parity meets the floors asked for now (a
             # variant stored under a looser --min-cosine is not what a stricter pull asks for).
             par = conversion.get("parity_vs_fp32") or {}
@@ -121,8 +122,16 @@ def _variant(store: Store, base: str, variant: Any, min_cosine: float | None, mi
         except GpuxError:
             pass
         with console.status(f"making {ref} (and checking it against fp32)"):
-            bundle = make_variant(base, variant, store=store, min_cosine=min_cosine, min_agreement=min_agreement,
-                                  max_ppl_increase=max_ppl_increase)
+            if "decoder" in store.manifest(base).graphs:  # an encoder–decoder: judged by generated tokens
+                from gpux.convert import seq2seq_variants
+
+                if variant.optimize or variant.dtype != "fp32" or variant.quantize != "int8":
+                    raise UsageError("encoder–decoder models take --quantize int8 only",
+                                     hint="leave --optimize/--dtype out")
+                bundle = seq2seq_variants.make(base, variant.precision, store=store, min_agreement=min_agreement)
+            else:
+                bundle = make_variant(base, variant, store=store, min_cosine=min_cosine,
+                                      min_agreement=min_agreement, max_ppl_increase=max_ppl_increase)
     par = bundle.manifest.conversion["parity_vs_fp32"]
     if "ppl_increase" in par:
         console.print(f"made {ref}  ({store.size(bundle.manifest) / 1e6:.1f} MB) vs fp32: top-1 agreement "
@@ -131,6 +140,11 @@ def _variant(store: Store, base: str, variant: Any, min_cosine: float | None, mi
         return ref
     agree = f", argmax agreement {par['argmax_agreement']:.1%}" if "argmax_agreement" in par else ""
     size = store.size(bundle.manifest) / 1e6
+    if "positions" in par:  # an encoder–decoder: teacher-forced generated tokens
+        console.print(f"made {ref}  ({size:.1f} MB) vs fp32: top-1 agreement {par['argmax_agreement']:.1%} over "
+                      f"{par['positions']} teacher-forced tokens (logits cosine >= {par['cosine_min']:.3f})",
+                      markup=False, highlight=False)
+        return ref
     console.print(f"made {ref}  ({size:.1f} MB) vs fp32: cosine {par['cosine_min']:.5f}, max-abs {par['max_abs']:.2e}"
                   f"{agree}", markup=False, highlight=False)
     return ref
