@@ -521,11 +521,3 @@ def test_the_image_and_audio_run_path_imports_neither_torch_nor_transformers(
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
-
-
-def test_variants_of_image_models_are_refused_with_a_clear_error(media: dict[str, Any]) -> None:
-    from conftest import gpux as cli
-
-    done = cli("pull", str(media["vit"][0]), "--quantize", "int8", env={"GPUX_HOME": str(media["root"])})
-    assert done.returncode == 2 and "not made yet" in done.stderr, done.stderr
-    assert "pull the model again" not in done.stderr

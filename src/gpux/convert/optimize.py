@@ -1,23 +1,17 @@
 """Optimisation and precision variants of a converted model, each parity-checked against its fp32 graph.
 
-A variant is its own store entry, tagged after its base: ``feature-extraction-o2-fp16``.
-Steps, in order, each optional:
+A variant is its own store entry, tagged after its base: ``feature-extraction-o2-fp16``. Steps, in order, each
+optional: ``--optimize O1`` (onnxruntime's basic graph optimisations, saved), ``O2`` (plus onnxruntime.transformers
+fusions: Attention, SkipLayerNorm, BiasGelu...), ``O3`` (O2 with GELU approximated, extended optimisations);
+``--dtype fp16`` (weights and compute in float16, inputs/outputs kept); ``--quantize int8`` (dynamic: int8
+weights, activations quantised at run time), ``int8-static`` (QDQ, activation ranges fixed beforehand by running
+the fp32 graph on CALIBRATION, sentences held apart from the parity ones), ``int8-mixed`` (dynamic, the few nodes
+this CPU's int8 kernels hurt most kept fp32: gpux.convert.mixed).
 
-- ``--optimize O1``: onnxruntime's basic graph optimisations, saved;
-  ``O2``: plus onnxruntime.transformers fusions (Attention, SkipLayerNorm, BiasGelu...);
-  ``O3``: O2 with GELU approximated (FastGelu) and extended optimisations.
-- ``--dtype fp16``: weights and compute in float16, inputs/outputs kept as they were.
-- ``--quantize int8``: dynamic quantisation (int8 weights, activations quantised at run time);
-  ``int8-static``: static (QDQ) quantisation, activation ranges fixed beforehand by running
-  the fp32 graph on CALIBRATION, sentences held apart from the parity ones;
-  ``int8-mixed``: dynamic int8 with the few nodes this CPU's int8 kernels hurt most kept in fp32,
-  found by measuring each node's sensitivity on CALIBRATION and searching for the fewest that
-  bring parity over the floor (the chosen nodes and their sensitivities land in the manifest).
-
-Parity: the base fp32 graph and the variant run the same real sentences (tokenized
-with the model's own tokenizer, batches of 1, 8 and 15); minimum cosine, max-abs
-and, for classifiers, argmax agreement are stored in the manifest. A variant
-under its tolerance is refused with the numbers and nothing is stored.
+Parity: the base fp32 graph and the variant run the same real sentences (the model's own tokenizer, batches of 1,
+8 and 15); minimum cosine, max-abs and, for classifiers, argmax agreement are stored in the manifest. Image, audio
+and two-tower models are judged on synthetic inputs instead (gpux.convert.media_variants). A variant under its
+tolerance is refused with the numbers and nothing is stored.
 """
 
 from __future__ import annotations
@@ -156,10 +150,11 @@ def _fp16(src: Path, dst: Path) -> None:
     model.save_model_to_file(str(dst))
 
 
-def int8_dynamic(src: Path, dst: Path, exclude: tuple[str, ...] = ()) -> None:
+def int8_dynamic(src: Path, dst: Path, exclude: tuple[str, ...] = (), op_types: list[str] | None = None) -> None:
     """Dynamic int8, per-channel weights: of the eight weight-type x per-channel x reduce-range settings
     tried on all-MiniLM-L6-v2 here, this kept the most accuracy (docs/optimize.md). ``exclude``: node
-    names left in fp32 (int8-mixed)."""
+    names left in fp32 (int8-mixed); ``op_types``: the op types quantised (default: every one onnxruntime
+    can; image and audio graphs leave Conv out, gpux.convert.media_variants says why)."""
     import logging
 
     import onnx
@@ -168,7 +163,7 @@ def int8_dynamic(src: Path, dst: Path, exclude: tuple[str, ...] = ()) -> None:
     logging.disable(logging.WARNING)  # it logs "consider pre-processing" to the root logger
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_exclude=list(exclude),
+                         nodes_to_exclude=list(exclude), op_types_to_quantize=op_types,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops lack inferred types
     finally:
         logging.disable(logging.NOTSET)
@@ -224,11 +219,12 @@ def _weights_only(model: Any) -> list[str]:
     return skip
 
 
-def _int8_static(src: Path, dst: Path, base: Bundle) -> None:
+def _int8_static(src: Path, dst: Path, calibration: Any) -> None:
     """Static int8, QDQ. Chosen by measuring on all-MiniLM-L6-v2 (docs/optimize.md): uint8 activations,
     per-channel int8 weights, MinMax ranges (Percentile's clipping lost accuracy; Entropy equals MinMax
     through quantize_static). Weight MatMuls/Gemm and embedding Gathers only, their outputs left float:
-    quantising MatMul outputs cost the most accuracy and was slower too."""
+    quantising MatMul outputs cost the most accuracy and was slower too. ``calibration``: a reader of feeds
+    (``get_next``), text's :class:`_Calibration` or the synthetic images/audio of media_variants."""
     import logging
 
     import onnx
@@ -253,7 +249,7 @@ def _int8_static(src: Path, dst: Path, base: Bundle) -> None:
     onnx.save(model, str(prepared))
     logging.disable(logging.WARNING)  # it logs "consider pre-processing" to the root logger
     try:
-        quantize_static(str(prepared), str(dst), _Calibration(base), quant_format=QuantFormat.QDQ,
+        quantize_static(str(prepared), str(dst), calibration, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul", "Gemm", "Gather"], nodes_to_exclude=skip,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
@@ -349,23 +345,20 @@ def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
     if variant.quantize == "int4":
         raise UsageError("--quantize int4 is for text-generation models",
                          hint="use --quantize int8, int8-static or int8-mixed for this model")
-    if "processor" in m.assets:  # parity of a variant is judged on what the task answers, which needs text today
-        raise UsageError(f"variants (--optimize, --dtype, --quantize) of {m.task} models are not made yet: their "
-                         "parity check feeds text", hint="run the fp32 model; image and audio variants are planned")
-    task_cfg = json.loads((base.root / m.assets["task_config"]).read_text(encoding="utf-8"))
     cos_floor, agree_floor = floors(variant, min_cosine, min_agreement)
+    if "processor" in m.assets:  # images and audio: judged on synthetic inputs through the model's own processor
+        from gpux.convert import media_variants
+
+        return media_variants.make_variant(store, base, variant, cos_floor, agree_floor)
+    task_cfg = json.loads((base.root / m.assets["task_config"]).read_text(encoding="utf-8"))
     work = store.scratch("variant-")
     try:
         start = time.perf_counter()
-        current = base.graph_path()
-        def optimise(src: Path, dst: Path) -> None:
-            _optimize(src, dst, str(variant.optimize).upper(), task_cfg)
-
         mixed: dict[str, Any] = {}
 
         def quantise(src: Path, dst: Path) -> None:
             if variant.quantize == "int8-static":
-                _int8_static(src, dst, base)
+                _int8_static(src, dst, _Calibration(base))
             elif variant.quantize == "int8-mixed":
                 from gpux.convert.mixed import int8_mixed  # it builds on this module's quantiser and parity
 
@@ -373,29 +366,13 @@ def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
             else:
                 int8_dynamic(src, dst)
 
-        steps: tuple[tuple[object, Callable[[Path, Path], None]], ...] = (
-            (variant.optimize, optimise), (variant.dtype == "fp16" or None, _fp16), (variant.quantize, quantise))
-        for i, (wanted, fn) in enumerate(steps):
-            if wanted:
-                nxt = work / f"step{i}.onnx"
-                try:
-                    fn(current, nxt)
-                except GpuxError:  # a refusal with its own numbers (int8-mixed)
-                    raise
-                except Exception as exc:  # optimiser/quantiser raise many types
-                    raise ConvertError(f"making the {variant.suffix()} variant failed: {type(exc).__name__}: {exc}",
-                                       hint="try another --optimize level or precision") from exc
-                current = nxt
+        current = apply_steps(base.graph_path(), work, variant, task_cfg, quantise)
         result = parity(base, current, judged_by_argmax(task_cfg))
         result.update(threshold_cosine=cos_floor,
                       threshold_argmax_agreement=agree_floor if judged_by_argmax(task_cfg) else None)
-        if result["cosine_min"] < cos_floor or result.get("argmax_agreement", 1.0) < agree_floor:
-            raise ConvertError(
-                f"the {variant.suffix()} variant loses too much: cosine {result['cosine_min']:.5f} (min {cos_floor}), "
-                f"max-abs {result['max_abs']:.3g}" + (f", argmax agreement {result['argmax_agreement']:.1%} "
-                                                     f"(min {agree_floor:.0%})" if "argmax_agreement" in result else ""),
-                hint="nothing was stored; loosen --min-cosine/--min-agreement to accept it")
-        from gpux.convert.variants import publish_variant
+        from gpux.convert.variants import publish_variant, refuse_below
+
+        refuse_below(result, variant.suffix(), cos_floor, agree_floor)
 
         return publish_variant(store, m, variant.suffix(), current, {
             "dtype": variant.precision, "optimize": variant.optimize, "quantize": variant.quantize,
@@ -403,3 +380,27 @@ def make_variant(base_ref: str, variant: Variant, *, store: Store | None = None,
             **({"int8_mixed": mixed} if mixed else {})})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def apply_steps(current: Path, work: Path, variant: Variant, task_cfg: dict[str, Any],
+                quantise: Callable[[Path, Path], None], prefix: str = "step") -> Path:
+    """optimise -> fp16 -> ``quantise``, each wanted step writing a new graph under ``work``; the last one's path.
+    An optimiser's or quantiser's own exception becomes a ConvertError naming the variant."""
+    def optimise(src: Path, dst: Path) -> None:
+        _optimize(src, dst, str(variant.optimize).upper(), task_cfg)
+
+    steps: tuple[tuple[object, Callable[[Path, Path], None]], ...] = (
+        (variant.optimize, optimise), (variant.dtype == "fp16" or None, _fp16), (variant.quantize, quantise))
+    for i, (wanted, fn) in enumerate(steps):
+        if wanted:
+            nxt = work / f"{prefix}{i}.onnx"
+            try:
+                fn(current, nxt)
+            except GpuxError:  # a refusal with its own numbers (int8-mixed)
+                raise
+            except Exception as exc:  # optimiser/quantiser raise many types
+                raise ConvertError(f"making the {variant.suffix()} variant failed: {type(exc).__name__}: {exc}",
+                                   hint="try another --optimize level or precision") from exc
+            current = nxt
+    return current
+

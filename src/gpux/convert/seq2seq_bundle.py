@@ -35,10 +35,14 @@ MAIN_INPUT = {"text2text-generation": "input_ids", "automatic-speech-recognition
 
 def is_seq2seq_folder(folder: Path) -> bool:
     """A folder whose head generates through an encoder and a cross-attending decoder (gpux.convert.detect)."""
-    from gpux.convert.detect import capabilities
+    from gpux.convert.detect import capabilities, folder_config
 
+    config = folder_config(folder)
+    text = config.get("text_config")
+    cross = bool(config.get("is_encoder_decoder")) or (isinstance(config.get("vision_config"), dict)
+                                                       and isinstance(text, dict) and bool(text.get("is_decoder")))
     able = capabilities(folder)
-    return bool(able and able[1] and able[1][0] in SEQ2SEQ_TASKS)
+    return cross and bool(able and able[1] and able[1][0] in SEQ2SEQ_TASKS)  # not a CTC model
 
 
 def _rules(folder: Path, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -4,12 +4,18 @@ A bundle may hold several graphs (an encoder and a decoder, say); all of them ar
 loaded with the same providers and settings, and ``Model.run`` runs the default
 one unless told otherwise. Settings come from, in order of precedence: the
 arguments of :func:`load`, the bundle's ``runtime`` section, gpux's defaults.
+
+A bundle whose graphs run apart (its task class says ``lazy_graphs = True``: the
+two-tower zero-shot models) creates each graph's session on first use: CLIP asked
+only for image embeddings never pays the text tower's load time and memory, nor the
+other way round. The cost: a graph that cannot load fails its first request rather
+than ``load``. Graphs that always run together (an encoder and its decoder) load at once.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,27 +32,74 @@ if TYPE_CHECKING:
     from gpux.tasks import Task
 
 
+class Graphs(Mapping[str, Graph]):
+    """A bundle's graphs by role, each session created on first access (once, under a lock), or all at once.
+
+    Lazy for bundles of several graphs: which ones a request needs is known only when it comes (CLIP's text
+    tower for label prompts, its vision tower for images), and each session costs load time and memory.
+    """
+
+    def __init__(self, bundle: Bundle, options: RuntimeOptions, requested: list[str], placement: bool,
+                 lazy: bool) -> None:
+        self._bundle, self._options, self._requested, self._placement = bundle, options, requested, placement
+        self._built: dict[str, Graph] = {}
+        self._lock = threading.Lock()
+        if not lazy:
+            for role in bundle.manifest.graphs:
+                self.__getitem__(role)
+
+    def __getitem__(self, role: str) -> Graph:
+        graph = self._built.get(role)
+        if graph is not None:
+            return graph
+        m = self._bundle.manifest
+        if role not in m.graphs:
+            raise KeyError(role)
+        with self._lock:
+            if role not in self._built:
+                main = role == m.default_graph
+                self._built[role] = Graph(
+                    self._bundle.graph_path(role), self._options, self._requested,
+                    declared_inputs=m.inputs if main else None,
+                    declared_outputs=m.outputs if main else None,
+                    placement=self._placement)
+            return self._built[role]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._bundle.manifest.graphs)
+
+    def __len__(self) -> int:
+        return len(self._bundle.manifest.graphs)
+
+    @property
+    def built(self) -> dict[str, Graph]:
+        """The graphs whose sessions exist now, by role (none is created by reading this)."""
+        return dict(self._built)
+
+
 class Model:
     """A loaded model. ``run`` is safe to call from several threads at once."""
 
-    def __init__(self, bundle: Bundle, options: RuntimeOptions, *, placement: bool = False) -> None:
+    def __init__(self, bundle: Bundle, options: RuntimeOptions, *, placement: bool = False,
+                 lazy: bool | None = None) -> None:
         self.bundle = bundle
         self.options = options
         self.requested = _providers.resolve(options.provider)
         m = bundle.manifest
-        self.graphs: dict[str, Graph] = {}
-        for role in m.graphs:
-            main = role == m.default_graph
-            self.graphs[role] = Graph(
-                bundle.graph_path(role), options, self.requested,
-                declared_inputs=m.inputs if main else None,
-                declared_outputs=m.outputs if main else None,
-                placement=placement)
-        self._default = self.graphs[m.default_graph]
+        if lazy is None:  # the task says whether its graphs run apart (two towers) or together (encoder-decoder)
+            from gpux.tasks import task_class
+
+            lazy = len(m.graphs) > 1 and bool(getattr(task_class(m.task), "lazy_graphs", False))
+        #: Sessions by role; ``lazy``: each made on first use (default: when the task's class asks for it).
+        self.graphs = Graphs(bundle, options, self.requested, placement, lazy)
         self._info: dict[str, Any] | None = None
         self._task: Task | None = None
         self._task_built = False
         self._task_lock = threading.Lock()
+
+    @property
+    def _default(self) -> Graph:
+        return self.graphs[self.bundle.manifest.default_graph]
 
     @property
     def name(self) -> str:
@@ -54,13 +107,16 @@ class Model:
 
     @property
     def providers(self) -> list[str]:
-        """Providers the default graph's session really has, best first, as the CLI names them (``cpu``)."""
-        return [_providers.alias_of(p) for p in self._default.providers]
+        """Providers the default graph's session really has, best first, as the CLI names them (``cpu``).
+        Before any of a lazy model's sessions exists: those asked for (reading this creates none)."""
+        return [_providers.alias_of(p) for p in self.ort_providers]
 
     @property
     def ort_providers(self) -> list[str]:
         """The same providers under onnxruntime's names (``CPUExecutionProvider``)."""
-        return list(self._default.providers)
+        built = self.graphs.built
+        graph = built.get(self.bundle.manifest.default_graph) or next(iter(built.values()), None)
+        return list(graph.providers if graph is not None else self.requested)
 
     @property
     def placement(self) -> dict[str, int] | None:
@@ -83,7 +139,7 @@ class Model:
 
     @property
     def load_ms(self) -> float:
-        return sum(g.load_ms for g in self.graphs.values())
+        return sum(g.load_ms for g in self.graphs.built.values())  # the sessions made so far
 
     @property
     def settings(self) -> dict[str, Any]:
