@@ -391,8 +391,9 @@ def test_clap_zero_shot_audio_matches_pytorch(media: dict[str, Any], tmp_path: P
     labels = ["dog barking", "rain", "piano"]
     clip = _speech(48000, 1, seconds=2.0)
     got = gpux.load(f"tiny-clap:{bundle.manifest.tag}", store=Store(media["root"])).predict(
-        {"inputs": [clip], "parameters": {"candidate_labels": labels, "hypothesis_template": "a sound of {}"}})
+        {"inputs": [clip, clip], "parameters": {"candidate_labels": labels, "hypothesis_template": "a sound of {}"}})
     ranking = got["predictions"][0]
+    assert got["predictions"][1] == ranking  # two clips in one request (the audio tower runs one per call)
     model = tf.ClapModel.from_pretrained(folder).eval()
     hf_tok = tf.AutoTokenizer.from_pretrained(folder)
     fe = tf.ClapFeatureExtractor.from_pretrained(folder)

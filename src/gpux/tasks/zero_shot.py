@@ -76,11 +76,17 @@ class _ZeroShot:
                 "attention_mask": np.asarray([e.attention_mask for e in enc], np.int64)}
         return np.asarray(self.model.run(feed, graph="text")[self.config["text_output"]], np.float32)
 
+    #: Clips per audio-tower call: CLAP's fusion patch embedding exports with its batch baked into a reshape
+    #: (torch traces the longer/shorter split), so batches of several clips fail; one per call is exact.
+    media_batch = 0
+
     def embed_media(self, items: list[Any]) -> np.ndarray:
-        feed = self.feed(items)  # type: ignore[attr-defined]
         graph = self.config.get("media_graph", "vision")  # bundles converted before audio towers: vision
         output = self.config.get("media_output") or self.config.get("image_output", "image_embeds")
-        return np.asarray(self.model.run(feed, graph=graph)[output], np.float32)
+        step = self.media_batch or len(items)
+        parts = [np.asarray(self.model.run(self.feed(items[i:i + step]), graph=graph)[output], np.float32)  # type: ignore[attr-defined]
+                 for i in range(0, len(items), step)]
+        return np.concatenate(parts, axis=0)
 
     def run_counted(self, items: list[Any], truncate: bool | None = None) -> tuple[list[Any], list[int]]:
         embeds = [i for i, item in enumerate(items) if isinstance(item[0], str)]  # /v1/embeddings items
@@ -126,6 +132,7 @@ class ZeroShotImageClassifier(_ZeroShot, ImageTask):
 
 class ZeroShotAudioClassifier(_ZeroShot, AudioTask):
     default_template = "This is a sound of {}."
+    media_batch = 1
 
     def __init__(self, model: Any) -> None:
         AudioTask.__init__(self, model)
