@@ -191,6 +191,19 @@ def test_blip_captions_with_and_without_a_prompt_equal_transformers(store: tuple
             assert g["token_ids"] == w[len(w) - len(g["token_ids"]):]
         if prompt:
             assert all(g["text"].startswith(prompt) for g in got)
+    import base64
+
+    import httpx
+
+    url = "data:image/png;base64," + base64.b64encode(files[0].read_bytes()).decode()
+    with LiveServer(create_app(ModelManager(store=Store(root)))) as server:
+        served = httpx.post(server.url + "/predict/blip", json={"inputs": [url], "parameters": {"max_new_tokens": 10}},
+                            timeout=120)
+        assert served.status_code == 200, served.text
+        offline = model.task({"inputs": [str(files[0])], "parameters": {"max_new_tokens": 10}})["captions"][0]
+        assert served.json()["captions"][0]["text"] == offline["text"]
+        bad = httpx.post(server.url + "/predict/blip", json={"inputs": [str(files[0])]}, timeout=60)
+        assert bad.status_code == 400  # a path on the server's disk is never read
 
 
 # -- Whisper (random multilingual) ----------------------------------------------------------------------
