@@ -123,8 +123,9 @@ def test_family_converts_with_no_code_for_it(converted: Converted, family: str) 
 def test_families_cover_every_task_and_ten_families() -> None:
     assert len({f for f, _ in FAMILIES}) >= 10 and {f for f, _ in FAMILIES} == set(hf_models.FAMILIES)
     # Decoders (text-generation) have their own families: tests/lm_models.py, tests/test_generate.py;
-    # image and audio models theirs: tests/test_media.py.
-    assert {t for _, t in FAMILIES} | {"feature-extraction", "text-generation", *MEDIA_TASKS} == set(SUPPORTED_TASKS)
+    # image and audio models theirs: tests/test_media.py; encoder–decoders theirs: tests/test_seq2seq.py.
+    assert {t for _, t in FAMILIES} | {"feature-extraction", "text-generation", "text2text-generation", "image-to-text",
+                                       *MEDIA_TASKS} == set(SUPPORTED_TASKS)
 
 
 def test_position_offset_is_derived_where_positions_skip_padding(converted: Converted, store: Store) -> None:
