@@ -19,7 +19,7 @@ $(VENV)/.base: pyproject.toml requirements/models.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PIP) -e '.[dev,convert,serve,bench,media]'
+	$(PIP) -e '.[dev,convert,serve,bench,media,ray]'
 	touch $@
 
 demo: $(VENV)/.base

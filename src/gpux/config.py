@@ -21,7 +21,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Literal, Optional, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gpux.errors import ConfigError
 from gpux.store.bundle import Manifest
@@ -75,6 +75,17 @@ class ServingSection(_Strict):
     #: Text generation: sequences decoded together, and key/value cache tokens per model (default: the tier's).
     max_sequences: Optional[int] = Field(default=None, ge=1, le=4096)  # noqa: UP007
     kv_budget: Optional[int] = Field(default=None, ge=1)  # noqa: UP007
+    #: `gpux serve --ray` (docs/scale.md): autoscale between these many replicas, aiming at this many requests
+    #: in flight per replica (default: batch size x instances). The --replicas / --autoscale flags win.
+    min_replicas: Optional[int] = Field(default=None, ge=0, le=10_000)  # noqa: UP007
+    max_replicas: Optional[int] = Field(default=None, ge=1, le=10_000)  # noqa: UP007
+    target_ongoing_requests: Optional[float] = Field(default=None, gt=0)  # noqa: UP007
+
+    @model_validator(mode="after")
+    def _replicas_in_order(self) -> ServingSection:
+        if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
 
 
 class GpuxConfig(_Strict):
@@ -191,10 +202,18 @@ def manifest_from_config(cfg: GpuxConfig, base: Path) -> tuple[Manifest, dict[st
     manifest = Manifest(
         name=cfg.name, graphs={"model": src.name}, task=cfg.model.task,
         inputs=_decls(cfg.inputs), outputs=_decls(cfg.outputs),
-        runtime=cfg.runtime.model_dump(), serving=cfg.serving.model_dump(),
+        runtime=cfg.runtime.model_dump(), serving=_serving(cfg.serving),
         source={"kind": "gpux.yml", "uri": cfg.model.source},
     )
     return manifest, files
+
+
+#: ``gpux serve --ray``'s keys: stored only when set, so a manifest of a model that never asks for them is as before.
+_RAY_KEYS = ("min_replicas", "max_replicas", "target_ongoing_requests")
+
+
+def _serving(section: ServingSection) -> dict[str, Any]:
+    return {k: v for k, v in section.model_dump().items() if v is not None or k not in _RAY_KEYS}
 
 
 def _decls(section: Union[list[str], dict[str, TensorDecl], None]) -> list[dict[str, Any]] | None:

@@ -67,6 +67,13 @@ def serve(
                                       "prefilled per step; longer prompts are prefilled between decode steps."),
     request_timeout: float = typer.Option(600.0, "--request-timeout", min=0.001,
                                           help="Text generation: seconds one generation may run (then 504)."),
+    ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve replicas (docs/scale.md; needs the ray extra)."),
+    ray_address: Optional[str] = typer.Option(None, "--address", help="With --ray: join this Ray cluster (auto, "  # noqa: UP007
+                                          "HOST:PORT or ray://HOST:PORT) instead of starting Ray here."),
+    replicas: Optional[int] = typer.Option(None, "--replicas", min=1, help="With --ray: a fixed number of "  # noqa: UP007
+                                           "replicas (default: gpux.yml serving, else 1)."),
+    autoscale: Optional[str] = typer.Option(None, "--autoscale", metavar="MIN:MAX", help="With --ray: "  # noqa: UP007
+                                            "autoscale between MIN and MAX replicas."),
 ) -> None:
     """Serve stored models over HTTP: native, OpenAI, Ollama and KServe v2 routes.
 
@@ -90,6 +97,21 @@ def serve(
     port = port if port is not None else int(serving.get("port") or 8080)
     max_batch_size = max_batch_size or int(serving.get("batch_size") or 32)
     instances = instances or int(serving.get("instances") or 1)
+    if not ray and (ray_address is not None or replicas is not None or autoscale is not None):
+        raise UsageError("--address, --replicas and --autoscale only apply with --ray", hint="add --ray")
+    if ray:
+        return _serve_ray(models or [], serving, host=host, port=port, address=ray_address, replicas=replicas,
+                          autoscale=autoscale, keep_alive=keep_alive, spec_args=dict(
+                              budget_bytes=parse_bytes(memory_budget) if memory_budget else None,
+                              max_sequences=max_sequences or int(serving.get("max_sequences") or 0) or None,
+                              kv_budget=kv_budget or int(serving.get("kv_budget") or 0) or None,
+                              prefill_chunk=prefill_chunk, request_timeout_s=request_timeout, threads=threads,
+                              batch=BatchConfig(max_batch=max_batch_size, max_delay_ms=max_queue_delay_ms,
+                                                max_queue=max_queue, timeout_s=timeout, instances=instances,
+                                                max_items_per_request=max_items, max_tokens_per_request=max_tokens)),
+                          settings=ServeSettings(api_key=api_key, max_body_bytes=int(max_body_mb * 1e6),
+                                                 preload=tuple(models or ()), header_timeout_s=header_timeout,
+                                                 body_timeout_s=body_timeout, max_in_flight=max_in_flight))
     from gpux.engine.hardware import describe, tier_of
 
     tier = tier_of(describe())  # defaults for what no flag or gpux.yml says (docs/hardware.md)
@@ -133,6 +155,46 @@ def serve(
         error = getattr(app.state, "startup_error", None)
         raise error if isinstance(error, GpuxError) else GpuxError(
             "the server did not start", hint="the lines above say why")
+
+
+def _serve_ray(models: list[str], serving: dict[str, Any], *, host: str, port: int, address: str | None,
+               replicas: int | None, autoscale: str | None, keep_alive: str,
+               spec_args: dict[str, Any], settings: Any) -> None:
+    """``--ray``: the same app on Ray Serve replicas (gpux.serve.ray; ray is imported only here)."""
+    from gpux.serve.app import keep_alive_seconds
+    from gpux.serve.manager import ModelManager
+    from gpux.serve.ray.launch import import_ray, scaling
+
+    import_ray()  # a missing extra is one line with the pip command, before anything starts
+    from gpux.serve.ray.deployment import ReplicaSpec
+    from gpux.serve.ray.launch import serve_on_ray
+    from gpux.store.local import Store
+
+    store = Store()
+    checker = ModelManager(store=store)
+    for ref in models:
+        checker.require(ref)  # an unknown model fails here, not in every replica
+    batch = spec_args["batch"]
+    options = scaling(replicas, autoscale, serving, batch.max_batch * max(1, batch.instances))
+    if address is None:
+        _bind(host, port).close()  # a busy port is one line naming --port, before Ray starts
+    spec = ReplicaSpec(store_root=str(store.root.resolve()), settings=settings,
+                       keep_alive_s=keep_alive_seconds(keep_alive) or 0.0, **spec_args)
+
+    def ready(url: str, seconds: float) -> None:
+        count = (f"{options['num_replicas']} replica(s)" if "num_replicas" in options else
+                 "autoscaling {min_replicas}..{max_replicas} replicas, target {target_ongoing_requests:g} "
+                 "requests in flight each".format(**options["autoscaling_config"]))
+        common.err_console().print("\n".join([
+            f"gpux serve on Ray Serve listening on {url} (started in {seconds:.1f} s)",
+            f"  ray: {'a local instance' if address is None else address}; {count}",
+            f"  models loaded in every replica: {', '.join(models)}" if models else
+            "  models: loaded by each replica on first request; requests for a model go to replicas that have it",
+            f"  store: {spec.store_root} (every node must see this path; docs/scale.md)",
+            f"  API docs: {url}/docs   (Ctrl-C stops)"]), markup=False, highlight=False, soft_wrap=True)
+
+    serve_on_ray(spec, host=host, port=port, address=address, options=options,
+                 verbose=bool(common.state["verbose"]), on_ready=ready)
 
 
 def _is_loopback(host: str) -> bool:
