@@ -118,6 +118,9 @@ def convert_seq2seq(folder: Path, *, name: str, source: dict[str, Any], task: st
         manifest = Manifest(
             name=name, tag=task, task=task, graphs={"encoder": "encoder.onnx", "decoder": "decoder.onnx"},
             default_graph="decoder", assets=assets, source=source,
+            # A decoder step is one row per sequence: onnxruntime's GEMV reads the weights as stored, so a
+            # pre-packed copy only costs memory (Whisper tiny.en: 88 MB less, step time unchanged; measured).
+            runtime={"graphs": {"decoder": {"prepacking": False}}},
             conversion={"exporter": exporter, "rejected_exporters": rejected, "opset": OPSET, "dtype": "float32",
                         "seconds": round(time.perf_counter() - start, 3), "parity": parity,
                         "torch": torch.__version__, "transformers": transformers.__version__})

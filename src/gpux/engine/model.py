@@ -59,11 +59,18 @@ class Graphs(Mapping[str, Graph]):
             if role not in self._built:
                 main = role == m.default_graph
                 self._built[role] = Graph(
-                    self._bundle.graph_path(role), self._options, self._requested,
+                    self._bundle.graph_path(role), self._role_options(role), self._requested,
                     declared_inputs=m.inputs if main else None,
                     declared_outputs=m.outputs if main else None,
                     placement=self._placement)
             return self._built[role]
+
+    def _role_options(self, role: str) -> RuntimeOptions:
+        """The model's options with the bundle's settings for this graph (``runtime.graphs.<role>``: a
+        decoder's one-row steps keep no pre-packed weight copy) applied; the user's own choices stay."""
+        per_role = (self._bundle.manifest.runtime.get("graphs") or {}).get(role) or {}
+        known = {k: v for k, v in per_role.items() if k in ("prepacking", "memory_arena") and isinstance(v, bool)}
+        return self._options.override(**known) if known else self._options
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._bundle.manifest.graphs)

@@ -35,6 +35,11 @@ class RuntimeOptions:
     #: Let intra-op threads busy-wait for work (onnxruntime's default). Lowest latency for one
     #: caller; a server sharing cores with its HTTP thread turns it off.
     spinning: bool = True
+    #: Keep weights pre-packed for onnxruntime's GEMM kernels (its default): a second copy of every
+    #: MatMul weight, which pays for itself when many rows share it (an encoder), not for a decoder's one row.
+    prepacking: bool = True
+    #: onnxruntime's CPU arena: keeps the largest activations allocated between runs (its default).
+    memory_arena: bool = True
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RuntimeOptions:
@@ -66,6 +71,9 @@ class RuntimeOptions:
         if not self.spinning:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        if not self.prepacking:
+            so.add_session_config_entry("session.disable_prepacking", "1")
+        so.enable_cpu_mem_arena = self.memory_arena
         if profile_prefix is not None:
             so.enable_profiling = True
             so.profile_file_prefix = profile_prefix
@@ -75,5 +83,7 @@ class RuntimeOptions:
             "inter_op_threads": so.inter_op_num_threads,
             "execution_mode": "sequential",
             "spinning": self.spinning,
+            **({"prepacking": False} if not self.prepacking else {}),
+            **({"memory_arena": False} if not self.memory_arena else {}),
         }
         return so, record
