@@ -437,11 +437,11 @@ def test_openapi_declares_every_post_body(server: GuardedServer) -> None:
     doc = httpx.get(f"{server.url}/openapi.json").json()
     posts = {path: ops["post"] for path, ops in doc["paths"].items() if "post" in ops}
     # predict, models load/unload, embeddings, embed, v2 infer, rerank twice; generation: OpenAI 2, Ollama 3,
-    # /generate, /ensemble, KServe generate and generate_stream; /v1/audio/transcriptions (multipart)
-    assert len(posts) == 18
+    # /generate, /ensemble, KServe generate and generate_stream; /v1/audio/transcriptions and translations (multipart)
+    assert len(posts) == 19
     for path, op in posts.items():
         content = op["requestBody"]["content"]
-        schema = content["multipart/form-data" if path == "/v1/audio/transcriptions" else "application/json"]["schema"]
+        schema = content["multipart/form-data" if path.startswith("/v1/audio/") else "application/json"]["schema"]
         assert schema["type"] == "object" and schema["properties"], path
 
 
