@@ -365,3 +365,18 @@ def test_int8_variants_are_judged_by_generated_tokens(store: tuple[Path, dict[st
         seq2seq_variants.make("t5:text2text-generation", "int8", store=Store(root), min_agreement=1.01)
     with pytest.raises(GpuxError):
         Store(root).get("t5:text2text-generation-int8")
+
+
+def test_the_run_path_imports_no_torch(store: tuple[Path, dict[str, Path]], speech: dict[str, Path]) -> None:
+    import sys
+
+    root, folders = store
+    code = ("import json, sys, gpux\nfrom gpux.store.local import Store\ns = Store(sys.argv[1])\n"
+            "gpux.load('t5', store=s).task({'inputs': 'hi', 'parameters': {'max_new_tokens': 3}})\n"
+            + ("gpux.load('whisper', store=s).task({'inputs': [sys.argv[2]], 'parameters': {'max_new_tokens': 3}})\n"
+               if "whisper" in folders else "")
+            + "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code, str(root), str(speech["s0"])], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
