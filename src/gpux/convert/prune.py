@@ -93,13 +93,39 @@ def prune(model: Any) -> None:
     del model.graph.value_info[:]
 
 
+def bypass_lone_concats(model: Any) -> int:
+    """Rewire around ``Concat`` nodes of one input (a cache "update" of a full cross-attention cache traces to
+    ``cat([keys])``): each copies its input every decoder step for nothing (Whisper tiny.en int8: 18% of a
+    step, measured). Consumers read the input directly; a graph output keeps an ``Identity``. Returns the count."""
+    from onnx import helper
+
+    outputs = {o.name for o in model.graph.output}
+    rename: dict[str, str] = {}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type == "Concat" and len(node.input) == 1:
+            if node.output[0] in outputs:
+                nodes.append(helper.make_node("Identity", [rename.get(node.input[0], node.input[0])], list(node.output)))
+            else:
+                rename[node.output[0]] = rename.get(node.input[0], node.input[0])
+            continue
+        nodes.append(node)
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return len(rename)
+
+
 def fold_file(path: Path) -> int:
     """:func:`fold_shapes` on the graph at ``path`` (weights inside the file), saved back when anything changed."""
     import onnx
 
     model = onnx.load(str(path))
     before = len(model.graph.node)
-    replaced = fold_shapes(model)
+    replaced = fold_shapes(model) + bypass_lone_concats(model)
     if replaced or len(model.graph.node) != before:
         onnx.save(model, str(path))
     return replaced

@@ -140,6 +140,7 @@ def export(folder: Path, out: Path, *, allow_pickle: bool = False, opset: int = 
         try:
             run_exporter(kind, model, geometry, out, opset)
             fold_file(out / "encoder.onnx")
+            fold_file(out / "decoder.onnx")
             _share_tied_head(out / "decoder.onnx")
             parity = check_parity(model, geometry, out)
         except ConvertError as exc:

@@ -52,15 +52,13 @@ def timestamp_rule(begin: int, eos: int, max_initial: int | None, then: Any = No
             logits[:begin] = -np.inf
             if max_initial is not None:
                 logits[begin + max_initial + 1:] = -np.inf
-        finite = logits[np.isfinite(logits)]
-        if finite.size == 0:
+        # Timestamps together likelier than the best text token: log(sum exp stamps) > max text logit (the
+        # shared normaliser cancels). One exp pass over the stamps, shifted by their max (-inf -> 0).
+        stamps_max = float(logits[begin:].max())
+        if not np.isfinite(stamps_max):
             return
-        top = finite.max()
-        logp = logits - (top + np.log(np.exp(finite - top).sum()))
-        stamp_lp = logp[begin:]
-        stamp_lp = stamp_lp[np.isfinite(stamp_lp)]
-        text_max = logp[:begin].max()
-        if stamp_lp.size and np.log(np.exp(stamp_lp - stamp_lp.max()).sum()) + stamp_lp.max() > text_max:
+        text_max = float(logits[:begin].max())
+        if stamps_max + np.log(np.exp(logits[begin:] - stamps_max).sum()) > text_max:
             logits[:begin] = -np.inf
 
     return apply

@@ -136,8 +136,12 @@ class SpeechToText(AudioTask):
             rows = short[start:start + 8]
             for i, answer in zip(rows, self._windows([items[i] for i in rows], [items[i].wave for i in rows],
                                                      [True] * len(rows))):
-                text, language, found, _ = answer
-                answers[i] = self._answer(items[i], text, language, found)
+                text, language, found, advance = answer
+                seek = int(advance * self.rate) if found and advance >= 1.0 else len(items[i].wave)
+                # The window ended early (after a complete segment, well before the clip's end): go on from
+                # there, as OpenAI's transcribe seeks, instead of dropping the rest of the clip.
+                answers[i] = (self._long(items[i], seek, [text], found, language) if seek < len(items[i].wave) - self.rate
+                              else self._answer(items[i], text, language, found))
         return answers, [1] * len(items)
 
     def _answer(self, clip: Clip, text: str, language: str, found: list[dict[str, Any]]) -> dict[str, Any]:
@@ -146,11 +150,13 @@ class SpeechToText(AudioTask):
             out["segments"] = found
         return out
 
-    def _long(self, clip: Clip) -> dict[str, Any]:
-        """Sequential long-form: 30 s windows, each starting where the last complete segment ended."""
-        seek, language = 0, clip.language
-        parts: list[str] = []
-        found: list[dict[str, Any]] = []
+    def _long(self, clip: Clip, seek: int = 0, parts: list[str] | None = None,
+              found: list[dict[str, Any]] | None = None, language: str | None = None) -> dict[str, Any]:
+        """Sequential long-form: 30 s windows, each starting where the last complete segment ended (from
+        sample ``seek``, after the ``parts`` and ``found`` segments of windows already done)."""
+        language = language or clip.language
+        parts = list(parts or [])
+        found = list(found or [])
         while seek < len(clip.wave) - self.rate // 50:  # less than one 20 ms step left: done
             piece = clip.wave[seek:seek + self.window]
             fixed = Clip(piece, language, clip.task, True, clip.max_new_tokens)
@@ -185,7 +191,7 @@ class SpeechToText(AudioTask):
             if ts:
                 rule = timestamp_rule(self.begin, self.eos, self.max_initial, rule)
             params = SamplingParams(max_new_tokens=limit)
-            seqs.append(Sequence(prompt, params, Sampler(params), _Quiet(), _Quiet(), limit,  # type: ignore[arg-type]
+            seqs.append(Sequence(prompt, params, Sampler(params, stats=False), _Quiet(), _Quiet(), limit,  # type: ignore[arg-type]
                                  process=rule))
         groups: dict[int, list[int]] = {}
         for i, s in enumerate(seqs):
