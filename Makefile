@@ -32,7 +32,11 @@ demo: $(VENV)/.base
 	$(GPUX) chat $(SMOLLM2) "What is the capital of France?" --max-new-tokens 48 --verbose
 	$(GPUX) ls --stats
 
+# espeak-ng speaks the speech tests' sentences (Whisper WER, timestamps, long-form); they skip without it.
 test: $(VENV)/.dev
+	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq espeak-ng) >/dev/null 2>&1; } || \
+		echo "espeak-ng not installed: the speech tests will skip"
 	$(PY) -m pytest
 
 bench: $(VENV)/.dev
