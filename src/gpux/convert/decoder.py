@@ -327,30 +327,18 @@ def export(folder: Path, out: Path, *, allow_pickle: bool = False, opset: int = 
     Exporters are tried in order as for encoders (gpux.convert.export); one whose graph misses parity is
     passed over with the reason recorded.
     """
-    from gpux.convert.export import _load, _reason
-    from gpux.store.blobs import disk_full, no_space
+    from gpux.convert.export import _load, first_exporter
 
     model, arch = _load(folder, "text-generation", allow_pickle)
     geometry = cache_geometry(model)
     pad = model.config.pad_token_id if isinstance(model.config.pad_token_id, int) else 0
-    rejected: dict[str, str] = {}
-    for kind in exporters:
-        try:
-            run_exporter(kind, model, geometry, out, opset)
-            _share_tied_head(out)
-            parity = fused_or_plain(model, geometry, out, pad, fusions)
-        except ConvertError as exc:
-            rejected[kind] = exc.message
-            continue
-        except Exception as exc:  # exporters raise many unrelated types
-            full = no_space(exc)
-            if full is not None:
-                from gpux.store.local import home
 
-                raise disk_full(home(), full, "the exported model") from exc
-            rejected[kind] = _reason(exc)
-            continue
-        return arch, geometry, kind, parity, rejected, model.config
-    detail = "; ".join(f"{k}: {v}" for k, v in rejected.items())
-    raise ConvertError(f"{arch.class_name} ({arch.model_type}) for text-generation: no exporter produced a "
-                       f"matching ONNX decoder ({detail})", hint="run with -v for details; try another revision")
+    def attempt(kind: str) -> dict[str, Any]:
+        run_exporter(kind, model, geometry, out, opset)
+        _share_tied_head(out)
+        return fused_or_plain(model, geometry, out, pad, fusions)
+
+    kind, parity, rejected = first_exporter(exporters, attempt, lambda detail: ConvertError(
+        f"{arch.class_name} ({arch.model_type}) for text-generation: no exporter produced a matching ONNX decoder "
+        f"({detail})", hint="run with -v for details; try another revision"))
+    return arch, geometry, kind, parity, rejected, model.config

@@ -24,7 +24,8 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -32,6 +33,8 @@ from gpux.convert.architectures import TEXT_INPUTS, Architecture, derive
 from gpux.convert.detect import capabilities, refuse_remote_code
 from gpux.errors import ConvertError
 from gpux.store.blobs import disk_full, no_space
+
+_T = TypeVar("_T")
 
 
 class Head(NamedTuple):
@@ -158,6 +161,29 @@ def _reason(exc: BaseException) -> str:
     if "## Exception summary" in lines[:-1]:
         return lines[lines.index("## Exception summary") + 1][:300]
     return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def first_exporter(kinds: tuple[str, ...], attempt: Callable[[str], _T],
+                   failure: Callable[[str], ConvertError]) -> tuple[str, _T, dict[str, str]]:
+    """``attempt(kind)`` for each exporter in order until one returns: (kind, its result, why the earlier ones
+    were passed over). A :class:`ConvertError` (missed parity) or any exporter exception passes to the next;
+    a full disk stops at once (another exporter would fail the same way); none left: ``failure(details)``."""
+    from gpux.store.blobs import disk_full, no_space
+
+    rejected: dict[str, str] = {}
+    for kind in kinds:
+        try:
+            return kind, attempt(kind), rejected
+        except ConvertError as exc:
+            rejected[kind] = exc.message
+        except Exception as exc:  # exporters raise many unrelated types
+            full = no_space(exc)
+            if full is not None:
+                from gpux.store.local import home
+
+                raise disk_full(home(), full, "the exported model") from exc
+            rejected[kind] = _reason(exc)
+    raise failure("; ".join(f"{k}: {v}" for k, v in rejected.items()))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -128,36 +128,24 @@ def export(folder: Path, out: Path, *, allow_pickle: bool = False, opset: int = 
     (loaded model, geometry, exporter, parity, rejected exporters). Exporters are tried in order; one whose
     graphs miss parity is passed over with the reason recorded."""
     from gpux.convert.decoder import _share_tied_head
-    from gpux.convert.export import _reason
+    from gpux.convert.export import first_exporter
     from gpux.convert.media import load_for_export
     from gpux.convert.prune import fold_file
-    from gpux.store.blobs import disk_full, no_space
 
     model, _ = load_for_export(folder, _class_of(folder), allow_pickle)
     geometry = geometry_of(model, folder)
-    rejected: dict[str, str] = {}
-    for kind in exporters:
-        try:
-            run_exporter(kind, model, geometry, out, opset)
-            fold_file(out / "encoder.onnx")
-            fold_file(out / "decoder.onnx")
-            _share_tied_head(out / "decoder.onnx")
-            parity = check_parity(model, geometry, out)
-        except ConvertError as exc:
-            rejected[kind] = exc.message
-            continue
-        except Exception as exc:  # exporters raise many unrelated types
-            full = no_space(exc)
-            if full is not None:
-                from gpux.store.local import home
 
-                raise disk_full(home(), full, "the exported model") from exc
-            rejected[kind] = _reason(exc)
-            continue
-        return model, geometry, kind, parity, rejected
-    detail = "; ".join(f"{k}: {v}" for k, v in rejected.items())
-    raise ConvertError(f"{type(model).__name__}: no exporter produced matching ONNX encoder and decoder graphs "
-                       f"({detail})", hint="run with -v for details; try another revision")
+    def attempt(kind: str) -> dict[str, Any]:
+        run_exporter(kind, model, geometry, out, opset)
+        fold_file(out / "encoder.onnx")
+        fold_file(out / "decoder.onnx")
+        _share_tied_head(out / "decoder.onnx")
+        return check_parity(model, geometry, out)
+
+    kind, parity, rejected = first_exporter(exporters, attempt, lambda detail: ConvertError(
+        f"{type(model).__name__}: no exporter produced matching ONNX encoder and decoder graphs ({detail})",
+        hint="run with -v for details; try another revision"))
+    return model, geometry, kind, parity, rejected
 
 
 def _class_of(folder: Path) -> str:

@@ -93,17 +93,7 @@ class CohortScheduler(Scheduler):
             ids = np.asarray([[j.seq.tokens[-1]] for j in cohort.jobs], np.int64)
             logits, cohort.past = self.s2s.step(ids, cohort.mask, cohort.past, cohort.cross)
             cohort.hold = []
-            leaving = set()
-            for row, job in enumerate(cohort.jobs):
-                if job.cancelled:
-                    leaving.add(row)
-                    continue
-                self._emit(job, choose(row, job.seq, logits[row], self.eos))
-                if job.seq.finish_reason is not None:
-                    leaving.add(row)
-            for row in leaving:
-                self._end(cohort.jobs[row], None)
-            cut[index] = self._cut(cohort, leaving)
+            cut[index] = self._cut(cohort, self._choose_rows(cohort.jobs, logits))
         self._cohorts = [c for c in cut if c is not None]
         self.steps += 1
 

@@ -148,19 +148,25 @@ class CacheLoop:
         past = self.empty_cache(len(seqs))
         while True:
             logits, past = self.step(ids, mask, past)
-            events, nxt = [], np.zeros((len(seqs), 1), np.int64)
-            for row, s in enumerate(seqs):
-                if s.finish_reason is not None:
-                    nxt[row, 0] = pad_id
-                    continue
-                events.append(choose(row, s, logits[row], eos_ids))
-                nxt[row, 0] = s.tokens[-1]
+            events, nxt = choose_all(seqs, logits, pad_id, eos_ids)
             if events:
                 yield events
             if all(s.finish_reason is not None for s in seqs):
                 return
             ids = nxt
             mask = np.concatenate([mask, np.ones((len(seqs), 1), np.int64)], axis=1)
+
+
+def choose_all(seqs: list[Sequence], logits: np.ndarray, pad_id: int,
+               eos_ids: frozenset[int]) -> tuple[list[Event], np.ndarray]:
+    """Each running row's next token (:func:`choose`): the step's events, and the next step's input ids
+    (the pad id for rows already finished, which keep their place in the batch)."""
+    events, nxt = [], np.full((len(seqs), 1), pad_id, np.int64)
+    for row, s in enumerate(seqs):
+        if s.finish_reason is None:
+            events.append(choose(row, s, logits[row], eos_ids))
+            nxt[row, 0] = s.tokens[-1]
+    return events, nxt
 
 
 def _raw(value: Any) -> Any:

@@ -342,8 +342,15 @@ class Scheduler:
         logits, past = self.loop.step(ids, mask, run.past)
         self.steps += 1
         run.mask, run.past, run.hold = mask, past, []
+        leaving = self._choose_rows(run.jobs, logits)
+        if leaving:
+            self._running = self._without(run, leaving)
+
+    def _choose_rows(self, jobs: list[Job], logits: np.ndarray) -> set[int]:
+        """One decode step's tokens for ``jobs`` (row by row), emitted; the rows that leave (cancelled or
+        finished, each ended) are returned so the caller cuts them out of their cache."""
         leaving = set()
-        for row, job in enumerate(run.jobs):
+        for row, job in enumerate(jobs):
             if job.cancelled:
                 leaving.add(row)
                 continue
@@ -351,9 +358,8 @@ class Scheduler:
             if job.seq.finish_reason is not None:
                 leaving.add(row)
         for row in leaving:
-            self._end(run.jobs[row], None)
-        if leaving:
-            self._running = self._without(run, leaving)
+            self._end(jobs[row], None)
+        return leaving
 
     # -- cache surgery ---------------------------------------------------------------------------------
     def _values(self, arrays: list[np.ndarray]) -> tuple[list[Any], list[Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gpux.errors import UsageError
-from gpux.generate.loop import Event, Sequence, _device, _raw, choose
+from gpux.generate.loop import Event, Sequence, _device, _raw, choose_all
 
 
 class Seq2SeqLoop:
@@ -106,12 +106,7 @@ class Seq2SeqLoop:
         past = self.empty_cache(len(seqs))
         while True:
             logits, past = self.step(ids, mask, past, cross)
-            events, nxt = [], np.full((len(seqs), 1), pad_id, np.int64)
-            for row, s in enumerate(seqs):
-                if s.finish_reason is not None:
-                    continue
-                events.append(choose(row, s, logits[row], eos_ids))
-                nxt[row, 0] = s.tokens[-1]
+            events, nxt = choose_all(seqs, logits, pad_id, eos_ids)
             if events:
                 yield events
             if all(s.finish_reason is not None for s in seqs):
