@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,22 @@ WHISPER_GENERATION = {
     "lang_to_id": LANGS, "task_to_id": {"translate": 50358, "transcribe": 50359}, "prev_sot_token_id": 50361,
     "max_length": 64,
 }
+
+
+def words(text: str) -> list[str]:
+    """Lower case, punctuation dropped (an apostrophe joins its word: "o'clock" == "oclock")."""
+    return re.sub(r"[^\w\s']", " ", text.lower()).replace("'", "").split()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate: Levenshtein distance over :func:`words` / the reference's word count."""
+    ref, hyp = words(reference), words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / max(len(ref), 1)
 
 
 def _redraw(model: Any, std: float = 0.3) -> None:

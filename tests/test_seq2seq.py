@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from s2s_models import tiny_blip, tiny_en_folder, tiny_text, tiny_whisper, wer
+from s2s_models import words as _words
+from serve_helpers import LiveServer
 
 import gpux
 from gpux.convert.pipeline import convert
@@ -25,8 +28,6 @@ from gpux.errors import GpuxError
 from gpux.serve.app import create_app
 from gpux.serve.manager import ModelManager
 from gpux.store.local import Store
-from s2s_models import tiny_blip, tiny_en_folder, tiny_text, tiny_whisper
-from serve_helpers import LiveServer
 
 TEXTS = ["translate English to German: the house is wonderful", "hi",
          "a much longer sentence with several words in it, so that the others are padded"]
@@ -72,20 +73,6 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     files["long.txt"] = out / "long.txt"
     sf.write(files["long"], np.concatenate(pieces), 16000)
     return files
-
-
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = _words(reference), _words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
 
 
 # -- text2text ------------------------------------------------------------------------------------------
