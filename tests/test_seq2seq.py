@@ -123,6 +123,7 @@ def test_text2text_streams_what_it_generates_and_takes_generation_parameters(sto
 def test_served_text2text_openai_stream_equals_offline_and_requests_overlap(store: tuple[Path, dict[str, Path]]) -> None:
     import concurrent.futures
 
+    import httpx
     import openai
 
     root = store[0]
@@ -132,14 +133,18 @@ def test_served_text2text_openai_stream_equals_offline_and_requests_overlap(stor
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
         chunks = list(client.completions.create(model="t5", prompt=TEXTS[0], max_tokens=24, temperature=0, stream=True))
         assert "".join(c.choices[0].text for c in chunks) == want[0]
+        source = model.task({"inputs": TEXTS[0], "parameters": {"max_new_tokens": 1}})["usage"]["prompt_tokens"]
+        whole = client.completions.create(model="t5", prompt=TEXTS[0], max_tokens=24, temperature=0)
+        assert whole.usage.prompt_tokens == source > 1  # the encoder's source, not the decoder's start token
+        native = httpx.post(server.url + "/generate", json={"model": "t5", "inputs": TEXTS[0], "stream": False,
+                                                            "parameters": {"max_new_tokens": 24}}, timeout=60).json()
+        assert native["task"] == "text2text-generation" and native["generations"][0]["text"] == want[0]
 
         def one(text: str) -> str:
             return str(client.completions.create(model="t5", prompt=text, max_tokens=24, temperature=0).choices[0].text)
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             got = list(pool.map(one, TEXTS * 2))
         assert got == want * 2  # cohorts running side by side change no row's tokens
-        import httpx
-
         listed = httpx.get(server.url + "/models", timeout=10).json()
         assert "t5" in json.dumps(listed)
 

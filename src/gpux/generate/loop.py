@@ -58,6 +58,11 @@ class Sequence:
     _seen: np.ndarray | None = None
     _filled: int = 0
 
+    @property
+    def input_tokens(self) -> int:
+        """Tokens the request gave: the encoder's source for an encoder–decoder row, else the prompt."""
+        return len(self.source) if self.source is not None else len(self.prompt)
+
     def seen(self) -> np.ndarray:
         """Prompt and generated ids so far (the repetition penalty's history), grown without re-copying."""
         n, p = len(self.prompt) + len(self.tokens), len(self.prompt)

@@ -47,7 +47,7 @@ def _final(run: Run) -> dict[str, Any]:
         if s.params.logprobs:
             gen["logprobs"] = [run.loaded.task.token_info(c) for c in s.choices]
         gens.append(gen)
-    return {"model": run.name, "task": "text-generation", "generations": gens, "usage": run.usage(),
+    return {"model": run.name, "task": run.loaded.model.bundle.manifest.task, "generations": gens, "usage": run.usage(),
             "timings": _timings(run), "providers": providers(run.loaded)}
 
 

@@ -130,7 +130,7 @@ class Run:
 
     @property
     def prompt_tokens(self) -> int:
-        return len(self.jobs[0].seq.prompt) if self.jobs else 0
+        return self.jobs[0].seq.input_tokens if self.jobs else 0
 
     @property
     def completion_tokens(self) -> int:
@@ -146,7 +146,7 @@ class Run:
         first = job.first_token or time.perf_counter()
         end = job.finished or time.perf_counter()
         return {"total_duration": int((time.perf_counter() - self.start) * ns), "load_duration": int(self.load_s * ns),
-                "prompt_eval_count": len(job.seq.prompt), "prompt_eval_duration": int((first - job.submitted) * ns),
+                "prompt_eval_count": job.seq.input_tokens, "prompt_eval_duration": int((first - job.submitted) * ns),
                 "eval_count": len(job.seq.tokens), "eval_duration": int(max(0.0, end - first) * ns)}
 
     async def events(self) -> AsyncIterator[tuple[int, Event]]:

@@ -238,7 +238,7 @@ class ModelManager:
             if job.cancelled:
                 self.metrics.dropped(loaded.name, "cancelled", 1)
             elif job.first_token is not None:
-                self.metrics.generation(loaded.name, len(job.seq.prompt), len(job.seq.tokens),
+                self.metrics.generation(loaded.name, job.seq.input_tokens, len(job.seq.tokens),
                                         job.first_token - job.submitted, (job.finished or job.first_token) - job.first_token)
         return loaded.task.scheduler(max_batch=g.max_sequences, budget_tokens=budget, chunk=g.prefill_chunk,
                                      on_finish=finished, post=loop.call_soon_threadsafe)
