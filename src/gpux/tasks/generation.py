@@ -56,6 +56,11 @@ class Request:
         self.params = params
 
 
+def device_of(graph: Any) -> str:
+    """Where a graph's session keeps its outputs: "cuda" under the CUDA or TensorRT provider, else "cpu"."""
+    return "cuda" if any(p.startswith("CUDA") or p.startswith("Tensorrt") for p in graph.providers) else "cpu"
+
+
 class Generation:
     unit = "tokens"
     answer_key = "generations"
@@ -74,12 +79,16 @@ class Generation:
         self.defaults: dict[str, Any] = {"top_k": 50, **(gen.get("defaults") or {})}
         self.template: str | None = gen.get("chat_template")
         self.special: dict[str, str] = dict(gen.get("special_tokens") or {})
+        self.pad = int(self.config.get("pad_id") or 0)
+        self._attach(model)
+
+    def _attach(self, model: Model) -> None:
+        """The loop over the model's graph(s) and the cache one token of one sequence holds (fp32 keys and
+        values of every layer, in bytes); an encoder–decoder task attaches its own."""
         cache = self.config["cache"]
         graph = model.graphs["model"]
-        device = "cuda" if any(p.startswith("CUDA") or p.startswith("Tensorrt") for p in graph.providers) else "cpu"
-        self.loop = CacheLoop(graph, [tuple(x) for x in cache["layers"]], bool(cache["position_ids"]), device)
-        self.pad = int(self.config.get("pad_id") or 0)
-        #: Bytes of key/value cache one token of one sequence holds (fp32 keys and values of every layer).
+        self.loop = CacheLoop(graph, [tuple(x) for x in cache["layers"]], bool(cache["position_ids"]),
+                              device_of(graph))
         self.cache_token_bytes = sum(2 * h * d * 4 for h, d in self.loop.layers)
 
     # -- inputs ---------------------------------------------------------------------------------------

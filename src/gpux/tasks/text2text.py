@@ -19,7 +19,7 @@ from gpux.errors import InputError, UsageError
 from gpux.generate.loop import Event, Sequence
 from gpux.generate.rules import decoder_rules
 from gpux.generate.seq2seq import Seq2SeqLoop
-from gpux.tasks.generation import Generation, Request
+from gpux.tasks.generation import Generation, Request, device_of
 
 if TYPE_CHECKING:
     from gpux.engine.model import Model
@@ -27,25 +27,15 @@ if TYPE_CHECKING:
 
 class Text2Text(Generation):
     def __init__(self, model: Model) -> None:  # noqa: D107 - Generation's, with the two graphs
-        from gpux.tasks.text import read_assets
-
-        self.model = model
-        self.config, self.tokenizer = read_assets(model.bundle)
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
-        gen = self.config["generation"]
-        self.context = int(self.config["max_length"])
+        super().__init__(model)
+        self.context = int(self.config["max_length"])  # the encoder's source limit
         self.max_target = int(self.config["max_target"])
-        self.eos = frozenset(int(i) for i in gen["eos_token_ids"])
-        self.defaults: dict[str, Any] = {"top_k": 50, **(gen.get("defaults") or {})}
-        self.template = None
-        self.special = dict(gen.get("special_tokens") or {})
-        graph = model.graphs["decoder"]
-        device = "cuda" if any(p.startswith("CUDA") or p.startswith("Tensorrt") for p in graph.providers) else "cpu"
-        self.s2s = Seq2SeqLoop(model.graphs["encoder"], graph, self.config["seq2seq"], device)
-        self.loop = self.s2s  # type: ignore[assignment]
-        self.pad = int(self.config.get("pad_id") or 0)
         self.rules = self.config.get("rules") or {}
+
+    def _attach(self, model: Model) -> None:
+        graph = model.graphs["decoder"]
+        self.s2s = Seq2SeqLoop(model.graphs["encoder"], graph, self.config["seq2seq"], device_of(graph))
+        self.loop = self.s2s  # type: ignore[assignment]
         self.cache_token_bytes = sum(2 * h * d * 4 for h, d in self.s2s.self_layers)
 
     def fit(self, row: int, ids: list[int], params: Any, truncate: bool) -> list[int]:
